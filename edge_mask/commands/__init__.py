@@ -1,0 +1,1 @@
+"""Sub-commands of the `edge-mask` CLI; each module exposes `register(subparsers)`."""

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv (Python >= 3.10) and install edge_mask with its dev and eval extras. Idempotent.
+# On a Raspberry Pi with picamera2 from apt, set EDGE_MASK_SYSTEM_SITE=1 to create the venv with
+# --system-site-packages so the apt-installed picamera2 is importable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  if [ "${EDGE_MASK_SYSTEM_SITE:-0}" = 1 ]; then "$PY" -m venv --system-site-packages .venv; else "$PY" -m venv .venv; fi
+fi
+stamp=.venv/.edge-mask-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev,eval]"
+  touch "$stamp"
+fi

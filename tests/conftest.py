@@ -1,0 +1,28 @@
+"""Shared fixtures: where the repo and ../shared are, and skips with a reason when data is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGE_MASK_SHARED", REPO.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "README.md").exists():
+        pytest.skip(f"shared data not found at {SHARED} (set EDGE_MASK_SHARED or place ../shared beside the repo)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def shared_data(shared_dir: Path) -> Path:
+    return shared_dir / "data"
