@@ -1,0 +1,237 @@
+"""The uplink against a real Mosquitto: QoS 1 acks drain the spool, status/LWT, chunking, ACL, bad certs.
+
+The uplink transports opaque sealed messages, so these tests spool byte strings and check them byte for
+byte at a subscriber; the sealed end-to-end path is in tests/test_e2e_mqtt.py.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from support.broker import RECEIVER_USER, Broker, TestCA, mosquitto_broker  # noqa: F401
+
+from edge_mask.config import BrokerConfig, SpoolConfig, TLSConfig, UplinkConfig
+from edge_mask.mqtt import Backoff, connect, make_client
+from edge_mask.spool import Spool, open_spool
+from edge_mask.uplink import MqttUplink
+from edge_mask.wire import Reassembler
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Stands in for a SealedFrame: the spool and uplink only read these fields."""
+
+    stream_id: bytes
+    seq: int
+    message: bytes
+
+
+class Subscriber:
+    """A receiver-side MQTT client that records every message (topic, payload, retain)."""
+
+    def __init__(self, broker: Broker, topic: str = "edge-mask/#") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        cfg = broker.broker_config(RECEIVER_USER, client_id="test-subscriber")
+        self.client = make_client(cfg, "test-subscriber")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.ready.set()
+        self.client.on_message = self._on_message
+        connect(self.client, cfg, persistent_session=False, session_expiry_s=0)
+        self.client.loop_start()
+        assert self.ready.wait(10), broker.log()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def on(self, suffix: str) -> list[tuple[str, bytes, bool]]:
+        with self.lock:
+            return [m for m in self.messages if m[0].endswith(suffix)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def subscriber(mosquitto_broker: Broker) -> Iterator[Subscriber]:  # noqa: F811
+    sub = Subscriber(mosquitto_broker)
+    yield sub
+    sub.close()
+
+
+def blobs(n: int, size: int = 3000) -> list[Blob]:
+    rng = random.Random(n)
+    return [Blob(b"\x07" * 8, i, i.to_bytes(4, "big") + rng.randbytes(size)) for i in range(n)]
+
+
+def uplink_for(broker: Broker, spool: Spool, device: str = "dev1", **overrides: object) -> MqttUplink:
+    settings: dict[str, object] = {
+        "broker": broker.broker_config(device, protocol=str(overrides.pop("protocol", "5"))),
+        "retry_min_s": 0.1,
+        "retry_max_s": 0.5,
+        "stats_interval_s": 0.5,
+    }
+    settings.update(overrides)
+    return MqttUplink(UplinkConfig.model_validate(settings), device, spool)
+
+
+def wait_for(predicate: object, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_frames_are_acked_chunked_and_reassembled(
+    mosquitto_broker: Broker, subscriber: Subscriber, tmp_path: Path  # noqa: F811
+) -> None:
+    spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
+    sent = blobs(40, size=5000)
+    for blob in sent:
+        spool.put(blob)  # type: ignore[arg-type]
+    uplink = uplink_for(mosquitto_broker, spool, max_payload=2048)
+    uplink.start()
+    try:
+        assert wait_for(lambda: spool.stats().pending == 0), (uplink.stats(), mosquitto_broker.log())
+        # Every frame was at least 3 chunks; the subscriber rebuilds them in order.
+        assert wait_for(lambda: len(subscriber.on("/frames")) >= 3 * len(sent))
+        assert wait_for(lambda: bool(subscriber.on("/stats")))
+    finally:
+        uplink.stop()
+    assert uplink.stats()["frames_acked"] == len(sent) and spool.stats().acked == len(sent)
+    reassembler = Reassembler(max_pending_bytes=1 << 20, timeout_s=30, max_message_bytes=1 << 20)
+    rebuilt = [m for _, payload, _ in subscriber.on("edge-mask/dev1/frames") if (m := reassembler.feed(payload, 0.0))]
+    assert rebuilt == [b.message for b in sent]
+    # Retained status: online after CONNACK, stopped on a clean exit.
+    statuses = [payload for _, payload, _ in subscriber.on("edge-mask/dev1/status")]
+    assert statuses[0] == b"online" and statuses[-1] == b"stopped"
+    assert not uplink.connected
+    spool.close()
+
+
+def test_lwt_says_offline_when_the_device_dies(mosquitto_broker: Broker, tmp_path: Path) -> None:  # noqa: F811
+    spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
+    uplink = uplink_for(mosquitto_broker, spool, protocol="3.1.1")
+    uplink.start()
+    assert uplink.wait_connected(10)
+    uplink.stop(clean=False)  # no DISCONNECT packet, as after kill -9
+    # A subscriber arriving later sees the retained status: the broker's LWT.
+    late = Subscriber(mosquitto_broker, "edge-mask/dev1/status")
+    try:
+        assert wait_for(lambda: bool(late.on("/status")), 10)
+        assert late.on("/status")[-1][1:] == (b"offline", True)
+    finally:
+        late.close()
+    spool.close()
+
+
+def test_device_cannot_publish_to_another_devices_topic_mqtt5(
+    mosquitto_broker: Broker, subscriber: Subscriber, tmp_path: Path  # noqa: F811
+) -> None:
+    """The ACL answers PUBACK 0x87 (not authorized); the frame is not acked and stays spooled."""
+    spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
+    spool.put(blobs(1)[0])  # type: ignore[arg-type]
+    uplink = uplink_for(mosquitto_broker, spool, topic_prefix="edge-mask/dev2")
+    uplink.start()
+    try:
+        assert wait_for(lambda: uplink.stats()["frames_rejected"] >= 1), uplink.stats()
+    finally:
+        uplink.stop()
+    assert spool.stats().pending == 1 and spool.stats().acked == 0
+    assert subscriber.on("/frames") == []
+    spool.close()
+
+
+def test_device_cannot_publish_to_another_devices_topic_mqtt311(
+    mosquitto_broker: Broker, subscriber: Subscriber, tmp_path: Path  # noqa: F811
+) -> None:
+    """MQTT 3.1.1 has no negative PUBACK: the broker acks and silently drops; nothing reaches receivers."""
+    spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
+    for blob in blobs(3):
+        spool.put(blob)  # type: ignore[arg-type]
+    uplink = uplink_for(mosquitto_broker, spool, protocol="3.1.1", topic_prefix="edge-mask/dev2")
+    uplink.start()
+    try:
+        assert wait_for(lambda: spool.stats().pending == 0)
+        # A control message from the same device on its own topic proves the subscriber is listening.
+        control = Blob(b"\x07" * 8, 99, b"control")
+        honest = uplink_for(mosquitto_broker, open_spool(SpoolConfig(path=tmp_path / "spool2")), protocol="3.1.1")
+        honest.spool.put(control)  # type: ignore[arg-type]
+        honest.start()
+        assert wait_for(lambda: bool(subscriber.on("edge-mask/dev1/frames")))
+        honest.stop()
+        honest.spool.close()
+    finally:
+        uplink.stop()
+    assert subscriber.on("edge-mask/dev2/frames") == []
+    spool.close()
+
+
+def _other_ca_tls(tmp_path: Path, name: str) -> TLSConfig:
+    rogue = TestCA(tmp_path / "rogue", "rogue CA")
+    cert, key = rogue.issue(name)
+    return TLSConfig(ca=rogue.path, cert=cert, key=key)
+
+
+def test_device_without_a_valid_certificate_cannot_connect(mosquitto_broker: Broker, tmp_path: Path) -> None:  # noqa: F811
+    good = mosquitto_broker.broker_config("dev1")
+    assert good.tls is not None
+    # A certificate from another CA (the client trusts the real broker CA, the broker rejects the client).
+    rogue = _other_ca_tls(tmp_path, "dev1")
+    forged = good.model_copy(update={"tls": TLSConfig(ca=good.tls.ca, cert=rogue.cert, key=rogue.key)})
+    spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
+    spool.put(blobs(1)[0])  # type: ignore[arg-type]
+    uplink = MqttUplink(UplinkConfig(broker=forged, retry_min_s=0.1, retry_max_s=0.3), "dev1", spool)
+    uplink.start()
+    try:
+        assert wait_for(lambda: uplink.stats()["connect_failures"] >= 2)
+        assert not uplink.connected and uplink.stats()["connects"] == 0
+    finally:
+        uplink.stop()
+    assert spool.stats().pending == 1
+    spool.close()
+    # No client certificate at all: the TLS handshake fails (require_certificate true).
+    bare = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="nocert", protocol=mqtt.MQTTv5)
+    bare.tls_set(ca_certs=str(good.tls.ca))
+    connack: list[object] = []
+    bare.on_connect = lambda c, u, f, rc, p: connack.append(rc)
+    try:
+        bare.connect(mosquitto_broker.host, mosquitto_broker.port)
+        for _ in range(20):
+            if bare.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
+    except OSError:
+        pass
+    assert connack == []
+
+
+def test_backoff_grows_with_jitter_and_resets() -> None:
+    backoff = Backoff(0.5, 8.0, random.Random(1))
+    delays = [backoff.next() for _ in range(12)]
+    assert all(0.5 <= d <= 8.0 for d in delays)
+    assert max(delays[6:]) > 2.0  # the ceiling grew
+    assert len({round(d, 6) for d in delays[4:]}) == len(delays[4:])  # jittered, not a fixed ladder
+    backoff.reset()
+    assert backoff.next() == 0.5
+
+
+def test_broker_config_for_plain_tcp_is_rejected_when_tls_files_are_missing(tmp_path: Path) -> None:
+    from edge_mask.errors import KeyMaterialError
+
+    cfg = BrokerConfig(tls=TLSConfig(ca=tmp_path / "ca.crt", cert=tmp_path / "d.crt", key=tmp_path / "d.key"))
+    spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
+    with pytest.raises(KeyMaterialError, match=r"uplink\.broker\.tls\.ca"):
+        MqttUplink(UplinkConfig(broker=cfg), "dev1", spool)
+    spool.close()
