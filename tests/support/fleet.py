@@ -1,0 +1,120 @@
+"""Key material and masked frames for transport tests: a cloud recipient, enrolled devices, a real clip.
+
+`make_fleet` writes what provisioning would: the recipient key pair, one Ed25519 signing key and one
+enrollment record per device. `masked_clip` runs frames of a real video through the project's masker
+(`edge_mask.engine.build_masker`) and JPEG encoder, so sealed test messages carry real masked pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_mask.config import BrokerConfig, EdgeConfig, OpenCVCameraConfig, ReceiverConfig
+
+
+@dataclass
+class Fleet:
+    dir: Path
+    recipient_key: Path
+    recipient_pub: Path
+    devices_dir: Path
+    signing_keys: dict[str, Path] = field(default_factory=dict)
+
+    def sealer(self, device_id: str, stream_id: bytes | None = None, aead: str = "chacha20-poly1305") -> Any:
+        from edge_mask.keys import load_recipient_public_key, load_signing_key
+        from edge_mask.seal import Sealer
+
+        return Sealer(
+            device_id,
+            load_recipient_public_key(self.recipient_pub),
+            load_signing_key(self.signing_keys[device_id]),
+            aead,
+            stream_id=stream_id,
+        )
+
+    def receiver_config(self, output_dir: Path, broker: BrokerConfig | None = None, **settings: Any) -> ReceiverConfig:
+        data: dict[str, Any] = {
+            "recipient_private_key": self.recipient_key,
+            "devices_dir": self.devices_dir,
+            "output_dir": output_dir,
+            **settings,
+        }
+        if broker is not None:
+            data["broker"] = broker
+        return ReceiverConfig.model_validate(data)
+
+
+def make_fleet(
+    directory: Path, devices: Sequence[str] = ("dev1", "dev2"), certs: dict[str, Path] | None = None
+) -> Fleet:
+    """Recipient key pair plus an enrolled signing key per device (fingerprint of its TLS cert if given)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from edge_mask.keys import Enrollment, generate_recipient, generate_signing_key
+
+    directory.mkdir(parents=True, exist_ok=True)
+    priv, pub = generate_recipient(directory / "cloud")
+    fleet = Fleet(directory, priv, pub, directory / "devices")
+    fleet.devices_dir.mkdir(exist_ok=True)
+    for device in devices:
+        key_path = directory / device / "device-signing.key"
+        public = generate_signing_key(key_path)
+        fleet.signing_keys[device] = key_path
+        fingerprint = hashlib.sha256(device.encode()).hexdigest()
+        if certs and device in certs:
+            cert = x509.load_pem_x509_certificate(certs[device].read_bytes())
+            fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+        Enrollment(device, public, fingerprint).save(fleet.devices_dir)
+    return fleet
+
+
+def masker_config(shared_dir: Path, device_id: str = "dev1", **settings: Any) -> EdgeConfig:
+    """A device config whose detector is the real YuNet model from ../shared (fp32, no quantization)."""
+    model = shared_dir / "models" / "face_detection_yunet_2023mar.onnx"
+    data: dict[str, Any] = {
+        "device_id": device_id,
+        "camera": {"type": "opencv", "source": str(shared_dir / "data" / "video" / "short_hamilton_clip.mp4")},
+        "detector": {"type": "onnx", "model": str(model), "precision": "fp32", "threads": 1},
+        **settings,
+    }
+    return EdgeConfig.model_validate(data)
+
+
+def masked_clip(cfg: EdgeConfig, frames: int, step: int = 1) -> Iterator[tuple[Any, bytes]]:
+    """Yield (MaskedFrame, JPEG) for `frames` frames of the camera's video file (every `step`-th, looping)."""
+    import time
+
+    import cv2
+
+    from edge_mask.encode import create_encoder
+    from edge_mask.engine import build_masker
+    from edge_mask.types import RawFrame
+
+    masker = build_masker(cfg)
+    encoder = create_encoder(cfg.encode)
+    assert isinstance(cfg.camera, OpenCVCameraConfig)
+    cap = cv2.VideoCapture(cfg.camera.source)
+    try:
+        seq = produced = 0
+        while produced < frames:
+            ok, image = cap.read()
+            if not ok:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, image = cap.read()
+                assert ok, f"cannot read {cfg.camera}"
+            seq += 1
+            if (seq - 1) % step:
+                continue
+            masked = masker.process(RawFrame(image, seq=seq - 1, captured_at=time.time(), monotonic=time.monotonic()))
+            if masked is None:
+                continue
+            produced += 1
+            yield masked, encoder.encode(masked)
+    finally:
+        cap.release()
+        masker.close()
