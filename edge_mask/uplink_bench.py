@@ -1,0 +1,176 @@
+"""Benchmark: sustained frames/s from the on-disk spool through a local Mosquitto (QoS 1, acked).
+
+What it measures is the device half after sealing: `Spool.put` (fsynced SQLite commit) in the producer
+thread, and the uplink thread publishing with its in-flight window and deleting each record on PUBACK.
+Frames/s = frames / (first put .. last acknowledgement). The payload is a real-sized 640x480 JPEG (a
+video frame when one is given, else a textured test image), since the uplink never looks inside it.
+
+`run_uplink_bench()` starts a private `mosquitto` on an ephemeral loopback port (plain TCP, anonymous,
+only for the benchmark) unless a `BrokerConfig` is passed (for example a TLS broker from the tests or a
+real deployment). Target on a Raspberry Pi 4 class device: >= 60 frames/s of 640x480 JPEGs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_mask.config import BrokerConfig, SpoolConfig, UplinkConfig
+from edge_mask.errors import UserError
+from edge_mask.spool import open_spool
+from edge_mask.uplink import MqttUplink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Blob:
+    """What the spool reads from a sealed frame."""
+
+    stream_id: bytes
+    seq: int
+    message: bytes
+
+
+def bench_jpeg(width: int = 640, height: int = 480, quality: int = 80, video: Path | None = None) -> bytes:
+    """A JPEG of the given size: a frame of `video` when given, else a textured synthetic image."""
+    import cv2
+    import numpy as np
+
+    image = None
+    if video is not None:
+        cap = cv2.VideoCapture(str(video))
+        for _ in range(30):
+            ok, frame = cap.read()
+            if ok:
+                image = frame
+        cap.release()
+    if image is None:
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:height, 0:width]
+        base = np.stack([(xx * 255 // width), (yy * 255 // height), ((xx + yy) % 256)], axis=-1)
+        image = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    image = cv2.resize(image, (width, height))
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the benchmark JPEG")
+    return bytes(data.tobytes())
+
+
+class _LocalBroker:
+    """A throw-away mosquitto on 127.0.0.1 for the benchmark (plain TCP; never used for real traffic)."""
+
+    def __init__(self, directory: Path) -> None:
+        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        if exe is None:
+            raise UserError("mosquitto not found; install it (apt-get install -y mosquitto) to run this benchmark")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        conf = directory / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\n"
+            f"max_queued_messages 100000\nlog_dest file {directory / 'mosquitto.log'}\n"
+            + ("user root\n" if _is_root() else "")
+        )
+        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.close()
+        raise RuntimeError("benchmark mosquitto did not start listening")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
+
+
+def run_uplink_bench(
+    frames: int = 600,
+    width: int = 640,
+    height: int = 480,
+    quality: int = 80,
+    inflight: int = 16,
+    broker: BrokerConfig | None = None,
+    video: Path | None = None,
+    work_dir: Path | None = None,
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
+    """Push `frames` JPEG-sized records through spool + uplink + broker; returns figures for `edge-mask bench`."""
+    payload = bench_jpeg(width, height, quality, video)
+    with tempfile.TemporaryDirectory(prefix="edge-mask-bench-", dir=work_dir) as tmp:
+        tmp_dir = Path(tmp)
+        local = None
+        if broker is None:
+            local = _LocalBroker(tmp_dir)
+            broker = BrokerConfig(host="127.0.0.1", port=local.port, tls=None, client_id="edge-mask-bench")
+        spool = open_spool(SpoolConfig(path=tmp_dir / "spool"))
+        uplink = MqttUplink(UplinkConfig(broker=broker, inflight=inflight, stats_interval_s=3600), "bench", spool)
+        try:
+            uplink.start()
+            if not uplink.wait_connected(broker.connect_timeout_s):
+                raise UserError(f"uplink benchmark: cannot connect to the broker at {broker.host}:{broker.port}")
+            put_ms: list[float] = []
+            done = threading.Event()
+
+            def produce() -> None:
+                for seq in range(frames):
+                    t0 = time.perf_counter()
+                    spool.put(_Blob(b"\x00" * 8, seq, payload))  # type: ignore[arg-type]
+                    put_ms.append((time.perf_counter() - t0) * 1000)
+                done.set()
+
+            start = time.perf_counter()
+            producer = threading.Thread(target=produce, name="bench-producer")
+            producer.start()
+            deadline = time.monotonic() + timeout_s
+            while (not done.is_set() or spool.stats().pending) and time.monotonic() < deadline:
+                time.sleep(0.002)
+            elapsed = time.perf_counter() - start
+            producer.join()
+            stats = spool.stats()
+        finally:
+            uplink.stop()
+            spool.close()
+            if local is not None:
+                local.close()
+    acked = stats.acked
+    put_sorted = sorted(put_ms)
+    return {
+        "frames": frames,
+        "frames_acked": acked,
+        "width": width,
+        "height": height,
+        "jpeg_bytes": len(payload),
+        "inflight": inflight,
+        "transport": "tls" if broker.tls is not None else "tcp",
+        "seconds": round(elapsed, 3),
+        "frames_per_s": round(acked / elapsed, 1) if elapsed > 0 else 0.0,
+        "mbit_per_s": round(acked * len(payload) * 8 / elapsed / 1e6, 1) if elapsed > 0 else 0.0,
+        "spool_put_ms_mean": round(statistics.fmean(put_ms), 3) if put_ms else None,
+        "spool_put_ms_p99": round(put_sorted[int(0.99 * (len(put_sorted) - 1))], 3) if put_ms else None,
+        "target_frames_per_s": 60,
+    }
