@@ -173,7 +173,11 @@ class SqliteSpool:
 
     def put(self, sealed: SealedFrame) -> int:
         """Store one sealed frame durably (fsynced) and return its record id."""
-        message = bytes(sealed.message)
+        message = getattr(sealed, "message", None)
+        if not isinstance(message, (bytes, bytearray, memoryview)):
+            # Only sealed bytes may touch the disk; a frame object here would be a wiring bug.
+            raise TypeError(f"spool.put expects a SealedFrame, got {type(sealed).__name__}")
+        message = bytes(message)
         size = len(message)
         with self._lock:
             self._check_open()

@@ -57,6 +57,11 @@ def payload(message: bytes) -> bytes:
 
 
 def test_topic_names_the_device() -> None:
+    from paho.mqtt.client import topic_matches_sub
+
+    # The default filter covers the uplink's `{prefix}/frames` ('#' also matches the parent level).
+    assert topic_matches_sub("edge-mask/+/frames/#", "edge-mask/dev1/frames")
+    assert not topic_matches_sub("edge-mask/+/frames/#", "edge-mask/dev1/status")
     assert topic_device("edge-mask/dev1/frames") == "dev1"
     assert topic_device("edge-mask/dev1/frames/abc") == "dev1"
     assert topic_device("a/b/c/dev1/frames") == "dev1"
@@ -68,6 +73,10 @@ def test_frames_are_verified_decrypted_and_stored(receiver: Receiver, sealed: li
         assert receiver.handle(TOPIC, payload(frame.message)) == "stored"
     summary = receiver.summary()
     assert summary["stored"] == len(sealed) and summary["rejected_total"] == 0
+    # Every 20th frame was sealed, so 19 sequence numbers are missing between neighbours.
+    stream = f"dev1/{sealed[0].stream_id.hex()}"
+    assert summary["gaps"] == {stream: 19 * (len(sealed) - 1)}
+    assert summary["gap_ranges"][stream][0] == (sealed[0].seq + 1, sealed[1].seq - 1)
     stream_dir = receiver.cfg.output_dir / "dev1" / sealed[0].stream_id.hex()
     index = [json.loads(line) for line in (stream_dir / "index.jsonl").read_text().splitlines()]
     assert [e["seq"] for e in index] == [f.seq for f in sealed]

@@ -52,6 +52,8 @@ def test_put_pending_ack_in_order(tmp_path: Path) -> None:
     for r in first:
         spool.ack(r.id)
     spool.ack(first[0].id)  # a repeated ack is harmless
+    with pytest.raises(TypeError, match="expects a SealedFrame"):
+        spool.put(object())  # type: ignore[arg-type]
     stats = spool.stats()
     assert (stats.pending, stats.put, stats.acked) == (6, 10, 4)
     assert stats.pending_bytes == 600
