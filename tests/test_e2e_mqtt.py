@@ -110,10 +110,7 @@ def test_300_frames_end_to_end_through_the_receive_command(
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         # The receiver's persistent session must exist before the device publishes: wait for its SUBSCRIBE.
-        deadline = time.monotonic() + 30
-        while "cloud-1" not in mosquitto_broker.log() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.5)
+        assert mosquitto_broker.wait_for_log("cloud-1 1 edge-mask/+/frames/#", 60), mosquitto_broker.log()
         spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
         uplink = device_uplink(mosquitto_broker, spool)
         uplink.start()

@@ -153,6 +153,7 @@ class Broker:
                 "log_type warning",
                 "log_type notice",
                 "log_type information",
+                "log_type subscribe",
                 "connection_messages true",
                 "max_queued_messages 100000",
                 "max_inflight_messages 100",
@@ -226,6 +227,15 @@ class Broker:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> bool:
+        """Wait until the broker logged `text` (e.g. a subscription: `<client id> 1 <filter>`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            time.sleep(0.05)
+        return False
 
     def log(self) -> str:
         try:
