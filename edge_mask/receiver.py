@@ -62,8 +62,9 @@ def topic_device(topic: str) -> str | None:
 class Receiver:
     """Receives sealed frames from MQTT and stores the verified ones (see module docstring)."""
 
-    def __init__(self, cfg: ReceiverConfig) -> None:
+    def __init__(self, cfg: ReceiverConfig, retry_max_s: float = 10.0) -> None:
         self.cfg = cfg
+        self.retry_max_s = retry_max_s
         check_tls_files(cfg.broker, "receiver")
         self._recipient = load_recipient_private_key(cfg.recipient_private_key)
         self._load_registry()
@@ -207,7 +208,7 @@ class Receiver:
         """Receive until `stop_event` is set or `max_frames` frames were stored; returns the summary."""
         self._max_frames = max_frames
         self._stop = stop_event
-        backoff = Backoff(0.5, 10.0)
+        backoff = Backoff(min(0.5, self.retry_max_s), self.retry_max_s)
         try:
             while not self._done():
                 client = make_client(self.cfg.broker, self.client_id, persistent_session=True)

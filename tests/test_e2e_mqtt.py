@@ -145,7 +145,8 @@ def test_broker_down_for_10_seconds_loses_nothing(
     receiver = Receiver(
         fleet.receiver_config(
             tmp_path / "received", broker=mosquitto_broker.broker_config(RECEIVER_USER, client_id="cloud-1")
-        )
+        ),
+        retry_max_s=1.0,
     )
     rx = ReceiverThread(receiver, max_frames=FRAMES)
     spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
@@ -225,7 +226,8 @@ def test_device_killed_with_sigkill_delivers_every_spooled_frame_after_restart(
     receiver = Receiver(
         fleet.receiver_config(
             tmp_path / "received", broker=mosquitto_broker.broker_config(RECEIVER_USER, client_id="cloud-1")
-        )
+        ),
+        retry_max_s=1.0,
     )
     rx = ReceiverThread(receiver)
     script = str(REPO / "tests" / "support" / "device.py")
