@@ -284,7 +284,8 @@ def test_two_receivers_sharing_a_subscription_store_each_frame_once(
             Receiver(
                 fleet.receiver_config(
                     tmp_path / f"received-{n}",
-                    broker=mosquitto_broker.broker_config(RECEIVER_USER, client_id=f"cloud-{n}"),
+                    # MQTT 3.1.1 here (5 elsewhere): shared subscriptions and sessions work on both.
+                    broker=mosquitto_broker.broker_config(RECEIVER_USER, protocol="3.1.1", client_id=f"cloud-{n}"),
                     share_group="cloud",
                 )
             )

@@ -6,6 +6,7 @@ byte at a subscriber; the sealed end-to-end path is in tests/test_e2e_mqtt.py.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -108,7 +109,10 @@ def test_frames_are_acked_chunked_and_reassembled(
         assert wait_for(lambda: spool.stats().pending == 0), (uplink.stats(), mosquitto_broker.log())
         # Every frame was at least 3 chunks; the subscriber rebuilds them in order.
         assert wait_for(lambda: len(subscriber.on("/frames")) >= 3 * len(sent))
-        assert wait_for(lambda: bool(subscriber.on("/stats")))
+        uplink.publish_stats({"fps": 12.5})
+        assert wait_for(lambda: any(b'"fps": 12.5' in p for _, p, _ in subscriber.on("/stats")))
+        stats = json.loads(subscriber.on("/stats")[-1][1])
+        assert stats["device_id"] == "dev1" and stats["spool_acked"] == len(sent) and stats["connected"]
     finally:
         uplink.stop()
     assert uplink.stats()["frames_acked"] == len(sent) and spool.stats().acked == len(sent)
