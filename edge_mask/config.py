@@ -39,8 +39,24 @@ ENV_PREFIX = "EDGE_MASK__"
 DEFAULT_MODEL_CACHE = Path(os.environ.get("EDGE_MASK_MODEL_CACHE", "~/.cache/edge-mask/models")).expanduser()
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env_refs(text: str) -> str:
+    """Replace `${NAME}` with the environment variable, so a systemd unit can point keys at
+    `${CREDENTIALS_DIRECTORY}/device.key` or the spool at `${STATE_DIRECTORY}/spool`."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ValueError(f"${{{name}}} is not set in the environment (systemd sets it for the service)")
+        return os.environ[name]
+
+    return _ENV_REF.sub(value, text)
+
+
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    value = value.expanduser()
+    value = Path(_expand_env_refs(str(value))).expanduser()
     base = (info.context or {}).get("base_dir")
     if base is not None and not value.is_absolute():
         value = Path(base) / value
