@@ -72,7 +72,7 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors and settings are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, revalidate_instances="always")
 
 
 # ----------------------------------------------------------------------------------------------- capture
@@ -361,10 +361,25 @@ def validate_config(
     data: Mapping[str, Any], model: type[ModelT], source: str = "<config>", base_dir: Path | None = None
 ) -> ModelT:
     """Validate a dict (already parsed) into `model`; errors name source, key, value and expectation."""
+    data = _default_tags(data, model)
     try:
         return model.model_validate(dict(data), context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe(exc, data, source))) from None
+
+
+def _default_tags(data: Mapping[str, Any], model: type[BaseModel]) -> Mapping[str, Any]:
+    """A `[camera]` or `[detector]` table without `type` means the default backend (a discriminated union
+    cannot guess it, and "unable to extract tag" would hide the real error, e.g. a typo in a key)."""
+    out = dict(data)
+    for name in ("camera", "detector"):
+        field = model.model_fields.get(name)
+        section = out.get(name)
+        if field is not None and isinstance(section, Mapping) and "type" not in section:
+            default = getattr(field.default, "type", None)
+            if default is not None:
+                out[name] = {"type": default, **section}
+    return out
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str], path: Path) -> None:
