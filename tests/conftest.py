@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_mask.config import ModelsConfig
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGE_MASK_SHARED", REPO.parent / "shared")).resolve()
 
@@ -26,3 +28,12 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def shared_data(shared_dir: Path) -> Path:
     return shared_dir / "data"
+
+
+@pytest.fixture(scope="session")
+def model_cache(shared_dir: Path) -> ModelsConfig:
+    """A ModelsConfig whose cache holds the verified fp32 YuNet (fixed and dynamic) and the project's int8
+    YuNet with a passing parity report; built once, reused from REPO/.cache/models while valid."""
+    from tests.support.model_cache import ensure_model_cache
+
+    return ensure_model_cache(REPO / ".cache" / "models", shared_dir, with_int8=False)
