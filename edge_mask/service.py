@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOP_BUDGET_S = 4.5
+DRAIN_ON_END_S = 30.0  # a finite source (a file) waits this long for the spool to empty before exiting
 _TICK_S = 0.1
 _DONE = object()  # end-of-stream marker between stages
 LIVE_RELOAD = ("mask", "tracker", "service.log_level", "uplink.stats_interval_s")
@@ -205,6 +206,7 @@ class Service:
         next_stats = time.monotonic() + self.cfg.uplink.stats_interval_s
         next_status = 0.0
         stalled_logged = False
+        ended_at: float | None = None
         try:
             while not self._stop.wait(_TICK_S):
                 now = time.monotonic()
@@ -225,8 +227,12 @@ class Service:
                     next_stats = now + self.cfg.uplink.stats_interval_s
                     self.uplink.publish_stats(self.stats())
                 if self.capture is not None and self.capture.ended and self._pipeline_idle():
-                    log.info("camera source ended; stopping")
-                    break
+                    if ended_at is None:
+                        ended_at = now
+                        log.info("camera source ended; uploading the rest of the spool")
+                    if self._spool_pending() == 0 or now - ended_at > DRAIN_ON_END_S:
+                        log.info("camera source ended; stopping")
+                        break
         finally:
             self.shutdown(discard_raw=not (self.capture is not None and self.capture.state == "ended"))
         return 0 if self.stopped_cleanly else 1
@@ -349,6 +355,9 @@ class Service:
                 self._ready = True
                 self.notifier.ready(self._status_line())
                 log.info("first frame masked and spooled: ready")
+
+    def _spool_pending(self) -> int:
+        return self.spool.stats().pending if self.spool is not None else 0
 
     def _pipeline_idle(self) -> bool:
         return len(self._raw) == 0 and self._masked.empty() and self._sealed.empty()
