@@ -114,11 +114,19 @@ def check_model(cfg: EdgeConfig) -> Iterator[Check]:
 def check_keys(cfg: EdgeConfig) -> Iterator[Check]:
     from edge_mask.keys import load_recipient_public_key, load_signing_key
 
-    recipient = load_recipient_public_key(cfg.seal.recipient_public_key)
-    yield Check("keys", True, f"recipient public key {recipient.key_id.hex()} loads")
-    yield _private_file("keys", cfg.seal.signing_key)
-    load_signing_key(cfg.seal.signing_key)
-    yield Check("keys", True, f"signing key {cfg.seal.signing_key} loads")
+    def recipient() -> Check:
+        key = load_recipient_public_key(cfg.seal.recipient_public_key)
+        return Check("keys", True, f"recipient public key {key.key_id.hex()} loads")
+
+    def signing() -> Check:
+        load_signing_key(cfg.seal.signing_key)
+        return Check("keys", True, f"signing key {cfg.seal.signing_key} loads")
+
+    yield _guard("keys", recipient)
+    mode = _private_file("keys", cfg.seal.signing_key)
+    yield mode
+    if mode.ok:
+        yield _guard("keys", signing)
     tls = cfg.uplink.broker.tls
     if tls is None:
         yield Check("tls", False, "uplink.broker.tls is not set: frames would travel without TLS",
@@ -127,6 +135,13 @@ def check_keys(cfg: EdgeConfig) -> Iterator[Check]:
     yield _private_file("tls", tls.key)
     for what, path in (("CA", tls.ca), ("client certificate", tls.cert)):
         yield _certificate(what, Path(path))
+
+
+def _guard(name: str, check: Callable[[], Check]) -> Check:
+    try:
+        return check()
+    except UserError as exc:
+        return Check(name, False, exc.message)
 
 
 def _private_file(name: str, path: Path) -> Check:
@@ -173,7 +188,12 @@ def check_broker(cfg: EdgeConfig) -> Iterator[Check]:
     broker = cfg.uplink.broker
     where = f"{broker.host}:{broker.port}"
     # Its own client id: reusing the service's would kick the running service off the broker.
-    client = make_client(broker, f"{broker.client_id or cfg.device_id}-doctor")
+    try:
+        client = make_client(broker, f"{broker.client_id or cfg.device_id}-doctor")
+    except (OSError, ValueError) as exc:
+        yield Check("broker", False, f"cannot load the TLS CA/certificate/key ({exc})",
+                    "check that uplink.broker.tls cert and key belong together (re-provision the device)")
+        return
     result: dict[str, Any] = {}
     done = threading.Event()
 

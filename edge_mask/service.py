@@ -194,7 +194,9 @@ class Service:
         return out
 
     def flowing(self) -> bool:
-        """Frames reached the spool within `service.stall_s`: the condition for WATCHDOG=1."""
+        """A frame with a working detection reached the spool within `service.stall_s`: the condition for
+        WATCHDOG=1. Fail-closed frames (whole frame masked because the detector failed or hung) keep the
+        timeline but do not count: a detector that stopped working must get the service restarted."""
         last = self._last_spooled
         return last is not None and time.monotonic() - last < self.cfg.service.stall_s
 
@@ -293,11 +295,15 @@ class Service:
 
     def _mask_stage(self) -> None:
         assert self._masker is not None
+        first = True
         while not self._raw.drained:
             raw = self._raw.get(timeout=0.2)
             if raw is None:
                 continue
             masker = self._masker
+            if first:
+                first = False
+                masker.warm_up(raw.width, raw.height)  # the first inference at a size is slow
             try:
                 masked = masker.process(raw)
             except Exception:
@@ -330,7 +336,7 @@ class Service:
                 log.exception("encode/seal failed; frame %d dropped", masked.seq)
                 self.metrics.drop("seal_error")
                 continue
-            self._sealed.put((sealed, masked.monotonic))
+            self._sealed.put((sealed, masked.monotonic, masked.fail_closed))
         self._sealed.put(_DONE)
 
     def _spool_stage(self) -> None:
@@ -339,7 +345,7 @@ class Service:
             item = self._sealed.get()
             if item is _DONE:
                 break
-            sealed, captured = item
+            sealed, captured, fail_closed = item
             try:
                 self.spool.put_timed(sealed, captured)
             except Exception:
@@ -350,7 +356,8 @@ class Service:
             self.metrics.count("frames_spooled")
             self.metrics.fps.tick()
             self.metrics.spooled_latency.add(now - captured)
-            self._last_spooled = now
+            if not fail_closed:
+                self._last_spooled = now
             if not self._ready:
                 self._ready = True
                 self.notifier.ready(self._status_line())

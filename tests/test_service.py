@@ -370,11 +370,76 @@ class HangingMasker:
             return None
         return self.inner.process(frame)
 
+    def warm_up(self, width: int, height: int) -> None:
+        self.inner.warm_up(width, height)
+
     def stats(self) -> dict[str, Any]:
         return dict(self.inner.stats())
 
     def close(self) -> None:
         self.inner.close()
+
+
+class HangingDetector:
+    """The real detector until call `hang_at`; then `detect` never returns (e.g. a wedged NPU driver)."""
+
+    def __init__(self, inner: Any, hang_at: int) -> None:
+        self.inner, self.hang_at, self.calls = inner, hang_at, 0
+        self.release = threading.Event()
+
+    def detect(self, image: Any) -> Any:
+        self.calls += 1
+        if self.calls > self.hang_at:
+            self.release.wait(60)
+        return self.inner.detect(image)
+
+    def close(self) -> None:
+        self.release.set()
+        self.inner.close()
+
+
+def test_hung_detector_fails_closed_and_stops_the_watchdog(
+    shared_dir: Path, tmp_path: Path, notify_socket: NotifySocket
+) -> None:
+    """The masker's detector deadline turns a hung detector into fully masked frames (never raw ones);
+    the service withholds WATCHDOG=1 because no frame with a working detection flows any more."""
+    from edge_mask.detect import create_detector
+    from edge_mask.engine import FaceMasker
+    from edge_mask.keys import load_device_registry, load_recipient_private_key
+    from edge_mask.seal import Opener
+
+    fleet = make_fleet(tmp_path / "fleet", devices=("dev1",))
+    settings = device_settings(shared_dir, fleet, tmp_path, fps=30.0, loop=True)
+    settings["service"].update(stall_s=1.0)
+    settings["detector"]["deadline_ms"] = 200.0
+    cfg = validate_config(settings, EdgeConfig)
+    detector = HangingDetector(create_detector(cfg.detector, cfg.models), hang_at=12)  # 1 warm-up call + 11 frames
+    masker = FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms)  # type: ignore[arg-type]
+    service = Service(cfg, notifier=notifier_for(notify_socket), masker=masker)
+    thread, result = run_in_thread(service)
+    try:
+        assert notify_socket.wait_for("READY=1", 60)
+        wait_until(lambda: detector.calls > 12, 30, "the detector to hang")
+        wait_until(lambda: not service.flowing(), 10, "the pipeline to be declared stalled")
+        pings = notify_socket.count("WATCHDOG=1")
+        wait_until(lambda: service.metrics.snapshot()["fail_closed"] >= 10, 30, "fail-closed frames")
+        assert notify_socket.count("WATCHDOG=1") == pings, "watchdog pinged while the detector was hung"
+    finally:
+        service.request_stop()
+        thread.join(15)
+    assert not thread.is_alive() and result["rc"] == 0
+    opener = Opener(load_recipient_private_key(fleet.recipient_key), load_device_registry(fleet.devices_dir))
+    from edge_mask.spool import open_spool
+
+    spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
+    records = spool.pending(limit=100000)
+    spool.close()
+    opened = [opener.open(r.message) for r in records]
+    failed = [o for o in opened if o.metadata["fail_closed"]]
+    assert len(failed) >= 10 and len(opened) - len(failed) <= 11
+    for frame in failed:
+        image = cv2.imdecode(np.frombuffer(frame.image, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.std() < 3 and image.mean() < 5  # nothing but the fill colour
 
 
 def test_hung_detector_stops_the_watchdog_and_leaks_no_frame(
