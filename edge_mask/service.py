@@ -16,12 +16,11 @@ Why this shape:
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +29,12 @@ from edge_mask.config import EdgeConfig, load_config
 from edge_mask.errors import UserError
 from edge_mask.metrics import PipelineMetrics, PrometheusServer
 from edge_mask.notify import Notifier
+from edge_mask.queues import LatestQueue, TimedSpool
 from edge_mask.types import MaskedFrame, RawFrame
 
 if TYPE_CHECKING:
     from edge_mask.engine import FaceMasker
-    from edge_mask.seal import SealedFrame, Sealer
-    from edge_mask.spool import Spool, SpoolRecord, SpoolStats
+    from edge_mask.seal import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -44,94 +43,6 @@ DRAIN_ON_END_S = 30.0  # a finite source (a file) waits this long for the spool 
 _TICK_S = 0.1
 _DONE = object()  # end-of-stream marker between stages
 LIVE_RELOAD = ("mask", "tracker", "service.log_level", "uplink.stats_interval_s")
-
-
-class LatestQueue:
-    """A bounded queue of raw frames that drops the oldest on overflow (and counts it)."""
-
-    def __init__(self, size: int, on_drop: Callable[[], None]) -> None:
-        self._items: collections.deque[RawFrame] = collections.deque()
-        self._size = size
-        self._on_drop = on_drop
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def put(self, frame: RawFrame, block: bool = False, stop: threading.Event | None = None) -> None:
-        """Non-blocking (live camera): evict the oldest when full. Blocking (file at consumer pace)."""
-        with self._cond:
-            while block and len(self._items) >= self._size and not self._closed and not (stop and stop.is_set()):
-                self._cond.wait(0.1)
-            if self._closed:
-                return
-            if len(self._items) >= self._size:
-                self._items.popleft()
-                self._on_drop()
-            self._items.append(frame)
-            self._cond.notify_all()
-
-    def get(self, timeout: float) -> RawFrame | None:
-        with self._cond:
-            if not self._items and not self._closed:
-                self._cond.wait(timeout)
-            if self._items:
-                frame = self._items.popleft()
-                self._cond.notify_all()
-                return frame
-            return None
-
-    def close(self, discard: bool) -> int:
-        """No more frames; with `discard` the waiting raw frames are forgotten (returns how many)."""
-        with self._cond:
-            self._closed = True
-            dropped = len(self._items) if discard else 0
-            if discard:
-                self._items.clear()
-            self._cond.notify_all()
-            return dropped
-
-    @property
-    def drained(self) -> bool:
-        with self._cond:
-            return self._closed and not self._items
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
-
-
-class TimedSpool:
-    """Wraps the spool handed to the uplink to time capture -> broker acknowledgement per frame."""
-
-    def __init__(self, inner: Spool, on_ack: Callable[[float], None]) -> None:
-        self.inner = inner
-        self._captured: dict[int, float] = {}
-        self._lock = threading.Lock()
-        self._on_ack = on_ack
-
-    def put_timed(self, sealed: SealedFrame, captured_monotonic: float) -> int:
-        record_id = self.inner.put(sealed)
-        with self._lock:
-            self._captured[record_id] = captured_monotonic
-        return record_id
-
-    def put(self, sealed: SealedFrame) -> int:
-        return self.inner.put(sealed)
-
-    def pending(self, limit: int, exclude: Collection[int] = ()) -> list[SpoolRecord]:
-        return self.inner.pending(limit, exclude)
-
-    def ack(self, record_id: int) -> None:
-        self.inner.ack(record_id)
-        with self._lock:
-            captured = self._captured.pop(record_id, None)
-        if captured is not None:
-            self._on_ack(time.monotonic() - captured)
-
-    def stats(self) -> SpoolStats:
-        return self.inner.stats()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class Service:
@@ -440,10 +351,14 @@ class Service:
         if new.service.log_level != old.service.log_level:
             logging.getLogger("edge_mask").setLevel(new.service.log_level)
         if (new.mask, new.tracker) != (old.mask, old.tracker) and self._masker is not None:
-            from edge_mask.engine import FaceMasker
+            reconfigure = getattr(self._masker, "reconfigure", None)
+            if reconfigure is not None:  # keeps the tracked faces: no gap in the masks at the switch
+                reconfigure(tracker=new.tracker, mask=new.mask)
+            else:
+                from edge_mask.engine import FaceMasker
 
-            deadline = getattr(new.detector, "deadline_ms", 250.0)
-            self._masker = FaceMasker(self._masker.detector, new.tracker, new.mask, deadline)
+                deadline = getattr(new.detector, "deadline_ms", 250.0)
+                self._masker = FaceMasker(self._masker.detector, new.tracker, new.mask, deadline)
             log.info("reload: mask/tracker settings applied")
         restart = _changed_sections(old, new)
         self.cfg = old.model_copy(

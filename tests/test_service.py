@@ -37,7 +37,8 @@ from support.fleet import Fleet, make_fleet
 from edge_mask.capture.opencv import OpenCVCamera
 from edge_mask.config import EdgeConfig, OpenCVCameraConfig, SpoolConfig, validate_config
 from edge_mask.errors import CameraError
-from edge_mask.service import LatestQueue, Service
+from edge_mask.queues import LatestQueue
+from edge_mask.service import Service
 from edge_mask.types import RawFrame
 
 REPO = Path(__file__).resolve().parents[1]
@@ -403,10 +404,11 @@ def test_hung_detector_fails_closed_and_stops_the_watchdog(
 ) -> None:
     """The masker's detector deadline turns a hung detector into fully masked frames (never raw ones);
     the service withholds WATCHDOG=1 because no frame with a working detection flows any more."""
+    from edge_mask.seal import Opener
+
     from edge_mask.detect import create_detector
     from edge_mask.engine import FaceMasker
     from edge_mask.keys import load_device_registry, load_recipient_private_key
-    from edge_mask.seal import Opener
 
     fleet = make_fleet(tmp_path / "fleet", devices=("dev1",))
     settings = device_settings(shared_dir, fleet, tmp_path, fps=30.0, loop=True)
