@@ -198,3 +198,27 @@ def format_report(report: dict[str, Any]) -> str:
         f"  CPU: {report['cpu_percent_of_one_core']}% of one core (process time / wall; broker not counted)",
     ]
     return "\n".join(lines)
+
+
+def live_command(args: Any) -> int:
+    """`edge-mask bench SOURCE --live [--width W --height H] [--config FILE] [--seconds S] [--json]`."""
+    import json
+
+    from edge_mask.config import load_config
+
+    if (args.width is None) != (args.height is None):
+        raise UserError("--width and --height go together; pass both (e.g. --width 640 --height 480) or neither")
+    if args.seconds <= 0:
+        raise UserError(f"--seconds {args.seconds}: pass a positive number of seconds")
+    detector: dict[str, Any] | None = None
+    models_dir: Path | None = None
+    if args.config is not None:
+        cfg = load_config(args.config, EdgeConfig)
+        detector = cfg.detector.model_dump(mode="json")
+        models_dir = cfg.models.cache_dir
+    report = run_live_bench(
+        Path(args.source), width=args.width, height=args.height, seconds=args.seconds,
+        detector=detector, models_dir=models_dir,
+    )
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0

@@ -23,6 +23,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--height", type=int, metavar="H", help="resize frames to this height (with --width)")
     parser.add_argument("--frames", type=int, default=300, metavar="N", help="timed frames (default 300)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--live", action="store_true",
+                        help="play SOURCE as a 30 fps camera through the whole service to a local mosquitto and "
+                        "report capture->broker-ack latency p50/p99 and CPU use")
+    parser.add_argument("--seconds", type=float, default=20.0, metavar="S", help="--live: measured seconds")
     parser.set_defaults(func=run)
 
 
@@ -31,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from edge_mask.engine import build_masker
     from edge_mask.errors import UserError
 
+    if args.live:
+        from edge_mask.bench_live import live_command
+
+        return live_command(args)
     if (args.width is None) != (args.height is None):
         raise UserError("--width and --height go together; pass both (e.g. --width 640 --height 480) or neither")
     if args.frames <= 0:
