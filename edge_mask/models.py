@@ -265,6 +265,9 @@ def fetch(
         except FileNotFoundError:
             failures.append(f"{source}: no {entry.file}")
             continue
+        except urllib.error.HTTPError as exc:
+            failures.append(f"{source}: HTTP {exc.code} {exc.reason}")
+            continue
         except (OSError, urllib.error.URLError, ValueError, ModelError) as exc:
             failures.append(f"{source}: {getattr(exc, 'reason', None) or exc}")
             continue

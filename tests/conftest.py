@@ -36,4 +36,4 @@ def model_cache(shared_dir: Path) -> ModelsConfig:
     YuNet with a passing parity report; built once, reused from REPO/.cache/models while valid."""
     from tests.support.model_cache import ensure_model_cache
 
-    return ensure_model_cache(REPO / ".cache" / "models", shared_dir, with_int8=False)
+    return ensure_model_cache(REPO / ".cache" / "models", shared_dir, with_int8=True)

@@ -1,0 +1,223 @@
+"""Model manifest, verified fetching (folder and a real loopback HTTP server), resolving, the int8 parity
+report, and the `edge-mask models` CLI. Real files from ../shared/models; no network beyond loopback."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edge_mask.cli import main
+from edge_mask.config import ModelsConfig
+from edge_mask.errors import ModelError
+from edge_mask.models import (
+    check_cached,
+    fetch,
+    load_manifest,
+    parity_report_path,
+    resolve_model,
+    sha256_file,
+)
+
+FP32_SHA = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+DYNAMIC_SHA = "daede24002cc8590f457998cc5e6c9e8b82f45f6bd969506a8913cd4ed10a2d3"
+
+
+def test_manifest_lists_the_models() -> None:
+    manifest = load_manifest()
+    assert {"yunet-fp32", "yunet-fp32-dynamic", "yunet-int8-zoo", "yunet-int8"} <= set(manifest.models)
+    fp32 = manifest.get("yunet-fp32")
+    assert fp32.sha256 == FP32_SHA and fp32.size == 232589 and fp32.file == "face_detection_yunet_2023mar.onnx"
+    assert fp32.sources[0].startswith("https://") and fp32.sources[-1] == "../shared/models"
+    assert manifest.get("yunet-fp32-dynamic").sha256 == DYNAMIC_SHA
+    zoo = manifest.get("yunet-int8-zoo")
+    assert zoo.sha256 == "321aa5a6afabf7ecc46a3d06bfab2b579dc96eb5c3be7edd365fa04502ad9294" and zoo.size == 100416
+    own = manifest.get("yunet-int8")
+    assert own.built and own.sha256 is None and own.fp32 == "yunet-fp32-dynamic"
+    assert [e.id for e in manifest.int8_for("yunet-fp32-dynamic")] == ["yunet-int8"]
+    with pytest.raises(ModelError, match=r"not in .*manifest.toml; use one of"):
+        manifest.get("yunet-fp16")
+
+
+def test_fetch_from_folder_verifies_and_is_idempotent(tmp_path: Path, shared_dir: Path) -> None:
+    manifest = load_manifest()
+    models = ModelsConfig(cache_dir=tmp_path / "cache")
+    entry = manifest.get("yunet-fp32")
+    # only the --from folder: the manifest's own sources are URLs (offline) and ../shared/models
+    path = fetch(entry, models, manifest, extra_sources=[shared_dir / "models"], network=False)
+    assert path == tmp_path / "cache" / entry.file and sha256_file(path) == FP32_SHA
+    mtime = path.stat().st_mtime_ns
+    assert fetch(entry, models, manifest, network=False) == path and path.stat().st_mtime_ns == mtime
+    assert check_cached(entry, models, manifest) == (True, "ok")
+    assert sorted(p.name for p in path.parent.iterdir()) == [entry.file]  # no temp files left
+
+
+def test_fetch_refuses_a_sha_mismatch(tmp_path: Path, shared_dir: Path) -> None:
+    manifest = load_manifest()
+    entry = replace(manifest.get("yunet-fp32"), sources=())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    data = bytearray((shared_dir / "models" / entry.file).read_bytes())
+    data[1000] ^= 0xFF  # one flipped byte
+    (bad / entry.file).write_bytes(bytes(data))
+    models = ModelsConfig(cache_dir=tmp_path / "cache")
+    with pytest.raises(ModelError, match=r"sha256 mismatch for face_detection_yunet_2023mar\.onnx .*refused") as info:
+        fetch(entry, models, manifest, extra_sources=[bad], network=False)
+    assert "\n" not in info.value.message
+    assert not (tmp_path / "cache" / entry.file).exists()
+    assert list((tmp_path / "cache").iterdir()) == []
+    # a corrupt cached copy is reported, and replaced by a good source
+    (tmp_path / "cache" / entry.file).write_bytes(bytes(data))
+    ok, state = check_cached(entry, models, manifest)
+    assert not ok and state.startswith("sha256 mismatch")
+    fetch(entry, models, manifest, extra_sources=[bad, shared_dir / "models"], network=False)
+    assert sha256_file(tmp_path / "cache" / entry.file) == FP32_SHA
+
+
+@pytest.fixture()
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A real HTTP server on an ephemeral loopback port serving a temporary folder."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_fetch_over_http(tmp_path: Path, shared_dir: Path, http_root: tuple[Path, str]) -> None:
+    root, base = http_root
+    manifest = load_manifest()
+    entry = manifest.get("yunet-fp32-dynamic")
+    shutil.copy(shared_dir / "models" / entry.file, root / "good.onnx")
+    data = bytearray((root / "good.onnx").read_bytes())
+    data[-1] ^= 1
+    (root / "tampered.onnx").write_bytes(bytes(data))
+    models = ModelsConfig(cache_dir=tmp_path / "cache")
+
+    missing = replace(entry, sources=(f"{base}/nothing-here.onnx",))
+    with pytest.raises(ModelError, match=r"cannot fetch model 'yunet-fp32-dynamic'.*nothing-here.onnx: HTTP 404"):
+        fetch(missing, models, manifest)
+
+    tampered = replace(entry, sources=(f"{base}/tampered.onnx",))
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        fetch(tampered, models, manifest)
+    assert not (tmp_path / "cache" / entry.file).exists()
+
+    # the first source fails its hash, the second (the upstream-like URL) is taken
+    good = replace(entry, sources=(f"{base}/tampered.onnx", f"{base}/good.onnx"))
+    path = fetch(good, models, manifest)
+    assert sha256_file(path) == DYNAMIC_SHA
+
+
+def test_resolve_model(model_cache: ModelsConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cache = Path(model_cache.cache_dir)
+    assert resolve_model("yunet-int8", model_cache, "fp32").name == "face_detection_yunet_2023mar_dynamic.onnx"
+    assert resolve_model("yunet-fp32-dynamic", model_cache, "int8") == cache / "yunet-int8.onnx"
+    assert resolve_model("yunet-int8", model_cache, "int8") == cache / "yunet-int8.onnx"
+    assert resolve_model("yunet-fp32", model_cache, "fp32") == cache / "face_detection_yunet_2023mar.onnx"
+    with caplog.at_level(logging.INFO, logger="edge_mask.models"):
+        chosen = resolve_model("yunet-int8", model_cache, "auto", threads=1)
+    assert chosen in (cache / "yunet-int8.onnx", cache / "face_detection_yunet_2023mar_dynamic.onnx")
+    assert any("precision auto: int8" in r.message and "using" in r.message for r in caplog.records)
+    explicit = cache / "face_detection_yunet_2023mar.onnx"
+    assert resolve_model(str(explicit), model_cache, "int8") == explicit
+    with pytest.raises(ModelError, match="file not found"):
+        resolve_model(str(tmp_path / "nope.onnx"), model_cache, "fp32")
+    # the fixed-size fp32 model's int8 variant is the official zoo file, which is unreachable here
+    with pytest.raises(ModelError, match=r"model 'yunet-int8-zoo' is not in the cache.*run 'edge-mask models fetch'"):
+        resolve_model("yunet-fp32", ModelsConfig(cache_dir=tmp_path), "int8")
+    with pytest.raises(ModelError, match=r"yunet-int8.*build it with 'edge-mask models quantize'"):
+        resolve_model("yunet-int8", ModelsConfig(cache_dir=tmp_path), "int8")
+
+
+def test_int8_without_a_passing_report_is_not_used(model_cache: ModelsConfig, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(model_cache.cache_dir, cache, ignore=shutil.ignore_patterns(".lock"))
+    models = ModelsConfig(cache_dir=cache)
+    manifest = load_manifest()
+    entry = manifest.get("yunet-int8")
+    report_path = parity_report_path(cache / entry.file)
+    report = json.loads(report_path.read_text())
+    report["passed"] = False
+    report_path.write_text(json.dumps(report))
+    assert check_cached(entry, models, manifest) == (False, "failed its parity check against fp32")
+    with pytest.raises(ModelError, match="failed its parity check"):
+        resolve_model("yunet-int8", models, "int8")
+    assert resolve_model("yunet-int8", models, "auto").name == "face_detection_yunet_2023mar_dynamic.onnx"
+    report["passed"] = True
+    report_path.write_text(json.dumps(report))
+    (cache / entry.file).write_bytes((cache / entry.file).read_bytes() + b"\0")
+    assert check_cached(entry, models, manifest) == (False, "file does not match its parity report's sha256")
+
+
+def test_parity_report_content(model_cache: ModelsConfig) -> None:
+    model = Path(model_cache.cache_dir) / "yunet-int8.onnx"
+    report = json.loads(parity_report_path(model).read_text())
+    print(json.dumps(report["parity"], indent=1))
+    assert report["passed"] is True
+    assert report["sha256"] == sha256_file(model) and report["size"] == model.stat().st_size
+    assert report["source_sha256"] == DYNAMIC_SHA
+    assert report["format"] in ("QDQ", "QOperator") and report["per_channel"] is True
+    assert {c["format"] for c in report["candidates"]} == {"QDQ", "QOperator"}
+    assert 40 <= report["calibration_images"] <= 80
+    parity = report["parity"]
+    assert parity["images"] >= 50 and parity["fp32_faces"] >= 100
+    assert parity["recall"] >= 0.99 and parity["precision"] >= 0.99 and parity["iou"] == 0.5
+    assert parity["fp32_found_by_int8"] / parity["fp32_faces"] == pytest.approx(parity["recall"], abs=1e-4)
+    import onnxruntime
+
+    assert report["onnxruntime"] == onnxruntime.__version__
+
+
+def test_cli_list_verify_fetch(tmp_path: Path, shared_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    assert main(["models", "--cache", str(cache), "fetch", "--offline", "--from", str(shared_dir / "models")]) == 0
+    out = capsys.readouterr().out
+    assert "yunet-fp32: " in out and "yunet-fp32-dynamic: " in out and "sha256 verified" in out
+    assert main(["models", "--cache", str(cache), "list", "--json"]) == 0
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)["models"]}
+    assert rows["yunet-fp32"]["cached"] and rows["yunet-fp32-dynamic"]["cached"]
+    assert not rows["yunet-int8"]["cached"] and rows["yunet-int8-zoo"]["state"] == "missing"
+    assert main(["models", "--cache", str(cache), "verify"]) == 0
+    (cache / "face_detection_yunet_2023mar.onnx").write_bytes(b"not a model")
+    assert main(["models", "--cache", str(cache), "verify"]) == 1
+    assert "yunet-fp32: sha256 mismatch" in capsys.readouterr().out
+    assert main(["models", "--cache", str(cache), "fetch", "yunet-int8"]) == 2
+    assert "built on this machine; run 'edge-mask models quantize'" in capsys.readouterr().err
+
+
+def test_cli_quantize_small(tmp_path: Path, model_cache: ModelsConfig, shared_data: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI path end to end, kept small: one format, 12 calibration photos, parity on faces-dlib."""
+    out = tmp_path / "small-int8.onnx"
+    code = main([
+        "models", "--cache", str(model_cache.cache_dir), "quantize", "yunet-fp32-dynamic",
+        "--calib", str(shared_data / "identities" / "knn"), "--calib-count", "12", "--format", "QOperator",
+        "--parity", str(shared_data / "faces-dlib"), "-o", str(out),
+    ])
+    printed = capsys.readouterr().out
+    assert "calibrating on 12 images" in printed and "QOperator: " in printed and "fp32 faces found" in printed
+    report = json.loads(parity_report_path(out).read_text())
+    assert report["calibration_images"] == 12 and [c["format"] for c in report["candidates"]] == ["QOperator"]
+    assert report["parity"]["images"] == 9
+    assert code == (0 if report["passed"] else 1)
+    assert report["sha256"] == sha256_file(out)
