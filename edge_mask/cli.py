@@ -19,7 +19,7 @@ from edge_mask.errors import UserError
 log = logging.getLogger("edge_mask")
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS: tuple[str, ...] = ("models", "receive", "run", "doctor")
+COMMANDS: tuple[str, ...] = ("mask", "bench", "models", "receive", "run", "doctor", "eval", "provision")
 
 
 def build_parser() -> argparse.ArgumentParser:
