@@ -164,6 +164,17 @@ class FaceMasker:
         if call is not None:
             call.done.wait(max(30.0, self.deadline_s))
 
+    def reconfigure(self, tracker: TrackerConfig | None = None, mask: MaskConfig | None = None) -> None:
+        """Apply new tracker/mask settings between frames, keeping the tracked faces (no gap at the switch).
+
+        Each attribute swap is atomic, so a frame in progress finishes with either the old or new settings.
+        """
+        if tracker is not None:
+            self._tracker.cfg = tracker
+        if mask is not None:
+            self._painter = Painter(mask)
+            self.mask_cfg = mask
+
     def reset(self) -> None:
         """Forget tracked faces (the next frame starts a new stream); counters are kept."""
         self._tracker.reset()

@@ -28,7 +28,7 @@ CENTER_MATCH = 1.0
 """A detection whose centre lies within this many face sizes of a track's predicted centre may match it."""
 VELOCITY_SMOOTHING = 0.6
 """Weight of the newest velocity measurement (exponential smoothing of box velocity)."""
-MAX_SPEED = 4.0
+MAX_SPEED = 10.0
 """Cap on predicted motion, in face sizes per second, so one bad match cannot throw a mask across the frame."""
 
 
