@@ -92,7 +92,7 @@ class Receiver:
                 f"receiver.devices_dir = {self.cfg.devices_dir}: not found; enroll devices with "
                 "`edge-mask provision device` or fix the path"
             ) from None
-        self._opener = Opener(self._recipient, devices)
+        self._opener = Opener(self._recipient, devices, max_message_bytes=self.cfg.max_frame_bytes)
         self._devices = devices
         self._registry_loaded = time.monotonic()
         log.info("receiver: %d enrolled devices", len(devices))
@@ -173,14 +173,11 @@ class Receiver:
         return found
 
     def expire(self) -> None:
-        """Drop incomplete frames older than `chunk_timeout_s` (counted as rejected `incomplete`)."""
+        """Drop incomplete chunked frames older than `chunk_timeout_s` (also done on every feed)."""
         now = time.monotonic()
         with self._lock:
             for reassembler in self._reassemblers.values():
-                dropped = reassembler.expire(now)
-                if dropped:
-                    self.rejected["incomplete"] += dropped
-                    log.warning("receiver: dropped %d incomplete chunked frames (timeout)", dropped)
+                reassembler.expire(now)
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
@@ -190,11 +187,15 @@ class Receiver:
                 gaps[f"{device}/{stream}"] = state.missing()
                 if state.missing():
                     ranges[f"{device}/{stream}"] = state.missing_ranges()
+            incomplete = sum(
+                r.counts["expired"] + r.counts["evicted"] for r in self._reassemblers.values()
+            )
             return {
                 "received": self.counts["received"],
                 "stored": self.counts["stored"],
                 "duplicates": self.counts["duplicate"],
                 "partial_chunks": self.counts["partial"],
+                "incomplete_dropped": incomplete,
                 "rejected": dict(sorted(self.rejected.items())),
                 "rejected_total": sum(self.rejected.values()),
                 "gaps": gaps,

@@ -17,7 +17,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from support.broker import RECEIVER_USER, Broker, TestCA, mosquitto_broker  # noqa: F401
+from support.broker import RECEIVER_USER, Broker, mosquitto_broker  # noqa: F401
 
 from edge_mask.config import BrokerConfig, SpoolConfig, TLSConfig, UplinkConfig
 from edge_mask.mqtt import Backoff, connect, make_client
@@ -187,18 +187,11 @@ def test_device_cannot_publish_to_another_devices_topic_mqtt311(
     spool.close()
 
 
-def _other_ca_tls(tmp_path: Path, name: str) -> TLSConfig:
-    rogue = TestCA(tmp_path / "rogue", "rogue CA")
-    cert, key = rogue.issue(name)
-    return TLSConfig(ca=rogue.path, cert=cert, key=key)
-
-
 def test_device_without_a_valid_certificate_cannot_connect(mosquitto_broker: Broker, tmp_path: Path) -> None:  # noqa: F811
     good = mosquitto_broker.broker_config("dev1")
     assert good.tls is not None
     # A certificate from another CA (the client trusts the real broker CA, the broker rejects the client).
-    rogue = _other_ca_tls(tmp_path, "dev1")
-    forged = good.model_copy(update={"tls": TLSConfig(ca=good.tls.ca, cert=rogue.cert, key=rogue.key)})
+    forged = good.model_copy(update={"tls": mosquitto_broker.rogue_tls("dev1")})
     spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
     spool.put(blobs(1)[0])  # type: ignore[arg-type]
     uplink = MqttUplink(UplinkConfig(broker=forged, retry_min_s=0.1, retry_max_s=0.3), "dev1", spool)
