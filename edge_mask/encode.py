@@ -81,7 +81,7 @@ def _load_turbojpeg() -> tuple[Any, Any]:
         ) from None
     try:
         return turbojpeg.TurboJPEG(), turbojpeg
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, AttributeError) as exc:  # missing or mismatched libturbojpeg
         raise UserError(
             f"encode.type = 'turbojpeg': libturbojpeg cannot be loaded ({exc}); "
             "install it (apt install libturbojpeg0) or set encode.type = 'auto'"
