@@ -24,7 +24,9 @@ from edge_mask.wire import (
 )
 
 text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Cf", "Co", "Cn", "Zs")), min_size=1, max_size=16
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Cf", "Co", "Cn", "Zs")),
+    min_size=1,
+    max_size=16,
 )
 headers = st.builds(
     FrameHeader,
