@@ -351,3 +351,18 @@ def test_thousands_of_mutated_messages_are_all_rejected(keys: Keys, sealed: list
     assert {"bad_signature", "malformed", "unsupported_version"} <= set(outcomes), outcomes
     assert reassembler.stats()["pending_bytes"] <= 1 << 20
     assert opened is not None  # some mutations left a genuine message intact, and it opened
+
+
+def test_seal_benchmark_reports_each_size_and_aead(shared_data: Path) -> None:
+    """The benchmark's figures come from `edge-mask bench`; here only its shape and that sealed bytes flow."""
+    from edge_mask.seal_bench import bench_seal, read_clip
+
+    seen: list[int] = []
+    report = bench_seal(
+        read_clip(shared_data / "video" / "short_hamilton_clip.mp4", 3),
+        sizes=[(320, 240)], aeads=["chacha20-poly1305"], warmup=1, sink=lambda s: seen.append(len(s.message)),
+    )
+    (row,) = report["results"]
+    assert report["frames"] == 3 and len(seen) == 3 and row["size"] == "320x240"
+    assert row["jpeg_bytes"] > 1000 and 150 < row["message_overhead_bytes"] < 1000  # header, enc, tag, sig, metadata
+    assert {"encode_ms", "seal_ms", "sink_ms", "total_ms"} <= set(row)
