@@ -17,7 +17,9 @@ def register(subparsers: Any) -> None:
         description="Feed SOURCE (a video, looped, or a photo, repeated) through the real masker and print "
         "p50/p99 per stage and overall frames/s, with the project's speed targets.",
     )
-    parser.add_argument("source", metavar="SOURCE", help="video file or photo")
+    parser.add_argument("source", metavar="SOURCE", help="video file or photo, or `compare` (deface vs edge-mask)")
+    parser.add_argument("clip", nargs="?", metavar="CLIP",
+                        help="with `compare`: the clip (default: the shared Hamilton clip)")
     parser.add_argument("--config", type=Path, help="config.toml to take detector/tracker/mask settings from")
     parser.add_argument("--width", type=int, metavar="W", help="resize frames to this width (with --height)")
     parser.add_argument("--height", type=int, metavar="H", help="resize frames to this height (with --width)")
@@ -27,6 +29,9 @@ def register(subparsers: Any) -> None:
                         help="play SOURCE as a 30 fps camera through the whole service to a local mosquitto and "
                         "report capture->broker-ack latency p50/p99 and CPU use")
     parser.add_argument("--seconds", type=float, default=20.0, metavar="S", help="--live: measured seconds")
+    from edge_mask.commands.eval import add_compare_arguments
+
+    add_compare_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -35,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
     from edge_mask.engine import build_masker
     from edge_mask.errors import UserError
 
+    if args.source == "compare":
+        from edge_mask.commands.eval import bench_compare
+
+        return bench_compare(args)
+    if args.clip is not None:
+        raise UserError(f"unexpected CLIP {args.clip!r}: only `edge-mask bench compare CLIP` takes a second argument")
     if args.live:
         from edge_mask.bench_live import live_command
 

@@ -84,6 +84,7 @@ def run_compare(
     cores: int | None = None,
     mask_args: Sequence[str] = (),
     workdir: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run deface and edge-mask `rounds` times each on `clip`; returns fps per round and the ratios."""
     if not clip.is_file():
@@ -94,13 +95,14 @@ def run_compare(
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     prefix, thread_env = pinning(cores)
-    env = {**os.environ, **thread_env}
+    env = {**os.environ, **thread_env, **(env or {})}
     deface = deface_command()
     rows: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(dir=workdir, prefix="edge-mask-compare-") as tmp:
         out = Path(tmp)
         for number in range(rounds):
-            ours_cmd = [*prefix, *edge_mask_command(), "-q", "mask", str(clip), "-o", str(out / "ours"), *mask_args]
+            ours_cmd = [*prefix, *edge_mask_command(), "-q", "mask", str(clip), "-o", str(out / "ours"),
+                        "--no-progress", *mask_args]
             theirs_cmd = [*prefix, *deface, str(clip), "-o", str(out / f"deface{clip.suffix or '.mp4'}")]
             order = [("ours", ours_cmd), ("deface", theirs_cmd)]
             if number % 2:

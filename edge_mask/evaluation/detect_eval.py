@@ -43,7 +43,6 @@ from edge_mask.evaluation.pipeline import (
     EVAL_DEADLINE_MS,
     build_detector,
     mask_still,
-    new_masker,
     read_image,
     with_detector,
     with_mask,
@@ -125,7 +124,7 @@ def evaluate_threshold(
             image = read_image(item.path)
             hit, count = recall_at_iou(item.boxes, detector.detect(image).boxes, iou)
             matched, total = matched + hit, total + count
-            masked = mask_still(new_masker(cfg, detector, deadline_ms), image, seq=number)
+            masked = mask_still(cfg, detector, image, number, deadline_ms)
             if masked is None:
                 raise UserError("mask.on_failure = 'drop' dropped a photo; evaluate with on_failure = 'mask_frame'")
             fail_closed += int(masked.fail_closed)

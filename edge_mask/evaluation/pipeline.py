@@ -82,10 +82,16 @@ def new_masker(cfg: EdgeConfig, detector: SharedDetector, deadline_ms: float = E
     return FaceMasker(detector, cfg.tracker, cfg.mask, deadline_ms)
 
 
-def mask_still(masker: Any, image: Image, seq: int = 0) -> MaskedFrame | None:
-    """Mask one photo; the original array is not modified (the masker may work in place)."""
-    raw = RawFrame(image=image.copy(), seq=seq, captured_at=time.time(), monotonic=time.monotonic())
-    result: MaskedFrame | None = masker.process(raw)
+def mask_still(
+    cfg: EdgeConfig, detector: SharedDetector, image: Image, seq: int = 0, deadline_ms: float = EVAL_DEADLINE_MS
+) -> MaskedFrame | None:
+    """Mask one photo with a fresh masker (fresh tracker); the original array is not modified."""
+    masker = new_masker(cfg, detector, deadline_ms)
+    try:
+        raw = RawFrame(image=image.copy(), seq=seq, captured_at=time.time(), monotonic=time.monotonic())
+        result: MaskedFrame | None = masker.process(raw)
+    finally:
+        masker.close()
     return result
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from edge_mask.config import EdgeConfig
 from edge_mask.errors import UserError
 from edge_mask.evaluation.metrics import rank1, share_below
-from edge_mask.evaluation.pipeline import build_detector, mask_still, new_masker, read_image, with_mask
+from edge_mask.evaluation.pipeline import build_detector, mask_still, read_image, with_mask
 from edge_mask.types import Image
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def maskers(cfg: EdgeConfig, styles: Sequence[str]) -> tuple[dict[str, Callable[
 
 def _product_masker(cfg: EdgeConfig, detector: Any) -> Callable[[Image], Image]:
     def apply(image: Image) -> Image:
-        masked = mask_still(new_masker(cfg, detector), image)
+        masked = mask_still(cfg, detector, image)
         if masked is None:
             raise UserError("mask.on_failure = 'drop' dropped a probe; evaluate with on_failure = 'mask_frame'")
         return masked.image

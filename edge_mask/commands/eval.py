@@ -1,0 +1,196 @@
+"""`edge-mask eval ...`: measure the masker against independent anchors (needs the `eval` extra).
+
+  eval detect --gt DIR     recall and mask coverage per annotated face at several thresholds
+  eval leaks VIDEO...      CenterFace judge on original vs masked frames: leaked frames and tracks per clip
+  eval reid                face-recognition attacker (dlib ResNet) on clean vs masked probes, per mask style
+  eval report              run everything and regenerate docs/evaluation.md and docs/eval/*.png
+
+Each prints a short table, or one JSON object with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from edge_mask.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate leaks, coverage, re-identification; write the report",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
+
+    detect = sub.add_parser("detect", help="recall and mask coverage on annotated photos")
+    detect.add_argument("--gt", required=True, type=Path, help="folder with imglab .xml and/or .json annotations")
+    detect.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="comma-separated scores")
+    detect.add_argument("--iou", type=float, default=0.5, help="IoU for a detection to count as found")
+    _common(detect)
+    detect.set_defaults(func=run_detect)
+
+    leaks = sub.add_parser("leaks", help="independent judge on original vs masked video frames")
+    leaks.add_argument("videos", nargs="+", type=Path, metavar="VIDEO")
+    leaks.add_argument("--every", type=int, default=1, metavar="N", help="judge every N-th frame (all are masked)")
+    leaks.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each clip after N frames")
+    leaks.add_argument("--judge-threshold", type=float, default=0.5)
+    _common(leaks)
+    leaks.set_defaults(func=run_leaks)
+
+    reid = sub.add_parser("reid", help="face-recognition attacker against masked probes")
+    reid.add_argument("--data", type=Path, default=None, help="identities folder (default ../shared/data/identities)")
+    reid.add_argument("--styles", default="original,solid,pixelate,blur,deface", help="comma-separated styles")
+    reid.add_argument("--max-pairs", type=int, default=None, metavar="N", help="verify only the first N pairs")
+    _common(reid)
+    reid.set_defaults(func=run_reid)
+
+    report = sub.add_parser("report", help="run all evaluations and regenerate docs/evaluation.md")
+    report.add_argument("--shared", type=Path, default=None, help="shared data folder (default ../shared)")
+    report.add_argument("--out", type=Path, default=REPO / "docs" / "evaluation.md", help="Markdown to write")
+    report.add_argument("--assets", type=Path, default=None, help="plots and results.json (default: eval/ beside)")
+    report.add_argument("--sections", default="detect,leaks,reid,bench,compare", help="comma-separated subset")
+    report.add_argument("--every", type=int, default=1, metavar="N", help="leaks: judge every N-th frame")
+    report.add_argument("--rounds", type=int, default=3, help="rounds of the deface comparison")
+    report.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+                        help="re-render from a saved results.json instead of measuring")
+    _common(report, with_json=False)
+    report.set_defaults(func=run_report)
+
+
+def _common(parser: argparse.ArgumentParser, with_json: bool = True) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="device config to evaluate (default settings)")
+    parser.add_argument("--model-cache", type=Path, default=None, help="model cache folder (overrides the config)")
+    parser.add_argument("--style", choices=("solid", "pixelate", "blur"), default=None, help="mask style to use")
+    parser.add_argument("--threshold", type=float, default=None, help="detector score threshold")
+    if with_json:
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _cfg(args: argparse.Namespace) -> Any:
+    from edge_mask.evaluation.pipeline import eval_config, with_detector, with_mask
+
+    cfg = eval_config(args.config, args.model_cache)
+    if args.style:
+        cfg = with_mask(cfg, style=args.style)
+    if args.threshold is not None:
+        if not 0 < args.threshold < 1:
+            raise UserError(f"--threshold {args.threshold}: expected a value between 0 and 1")
+        cfg = with_detector(cfg, threshold=args.threshold)
+    return cfg
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{what} {text!r}: expected comma-separated numbers like 0.3,0.5,0.7") from None
+    if not values or not all(0 < v < 1 for v in values):
+        raise UserError(f"{what} {text!r}: expected numbers between 0 and 1")
+    return values
+
+
+def _shared() -> Path:
+    from edge_mask.evaluation.report import default_shared
+
+    return default_shared()
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    from edge_mask.evaluation.detect_eval import evaluate_detection
+
+    result = evaluate_detection(args.gt, _cfg(args), _floats(args.thresholds, "--thresholds"), args.iou)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['faces']} faces in {result['images']} photos; recall at IoU >= {result['iou']}, "
+          f"coverage = share of each face box hidden by the {result['style']} mask")
+    print(f"{'threshold':>9} {'recall':>7} {'>=90% covered':>14} {'mean cov':>9} {'min cov':>8} {'FP regions':>11}")
+    for row in result["rows"]:
+        mark = "*" if abs(row["threshold"] - result["default_threshold"]) < 1e-6 else " "
+        print(f"{row['threshold']:>8.2f}{mark} {row['recall']:>7.1%} {row['covered']:>7}/{row['faces']:<6} "
+              f"{row['mean_coverage']:>9.1%} {row['min_coverage']:>8.1%} {row['false_positive_regions']:>11}")
+    print("* configured threshold")
+    return 0
+
+
+def run_leaks(args: argparse.Namespace) -> int:
+    from edge_mask.evaluation.leaks import evaluate_leaks
+
+    if args.every < 1:
+        raise UserError("--every must be at least 1")
+    result = evaluate_leaks(args.videos, _cfg(args), args.every, args.max_frames, args.judge_threshold)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{'clip':<28} {'frames':>6} {'judged':>6} {'faces':>6} {'leaked frames':>13} {'leaked tracks':>13}")
+        for clip in [*result["clips"], {"name": "TOTAL", **result["totals"]}]:
+            print(f"{clip['name']:<28} {clip['frames']:>6} {clip['judged_frames']:>6} {clip['judge_faces']:>6} "
+                  f"{clip['leaked_frames']:>13} {clip['leaked_tracks']:>6}/{clip['tracks']:<6}")
+    return 1 if result["totals"]["leaked_tracks"] else 0
+
+
+def run_reid(args: argparse.Namespace) -> int:
+    from edge_mask.evaluation.reid import evaluate_reid
+
+    data = args.data or _shared() / "data" / "identities"
+    styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+    result = evaluate_reid(data, _cfg(args), styles, args.max_pairs)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    ident, verify = result["identification"]["styles"], result["verification"]["styles"]
+    print(f"{'style':<10} {'identified':>10} {'mean dist':>9} {'pairs verified':>15} {'mean dist':>9}")
+    for style in styles:
+        i, v = ident[style], verify[style]
+        print(f"{style:<10} {i['identified']:>4}/{i['probe_faces']:<5} {i['mean_distance'] or 0:>9.3f} "
+              f"{v['same_verified']:>7}/{v['same_pairs']:<7} {v['mean_same_distance'] or 0:>9.3f}")
+    print(f"(identified: rank-1 correct and distance < {result['match_threshold']})")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from edge_mask.evaluation.report import collect, write_report
+
+    assets = args.assets or args.out.parent / "eval"
+    if args.from_json:
+        try:
+            results = json.loads(args.from_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{args.from_json}: cannot read results ({exc}); run `edge-mask eval report`") from None
+    else:
+        sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+        results = collect(_cfg(args), args.shared or _shared(), sections, args.every, args.rounds, args.config)
+    for path in write_report(results, args.out, assets):
+        print(f"wrote {path}")
+    for name, message in results.get("errors", {}).items():
+        print(f"section {name} did not run: {message}")
+    return 1 if results.get("errors") else 0
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `edge-mask bench compare [CLIP]` (the bench command owns the parser)."""
+    parser.add_argument("--rounds", type=int, default=3, help="compare: rounds of deface vs edge-mask (default 3)")
+    parser.add_argument("--cores", type=int, default=None, help="compare: CPUs to pin both tools to (default all)")
+
+
+def bench_compare(args: argparse.Namespace) -> int:
+    """`edge-mask bench compare [CLIP]`: deface vs `edge-mask mask`, same clip, same cores, several rounds."""
+    from edge_mask.evaluation.compare import run_compare
+
+    clip = Path(args.clip) if getattr(args, "clip", None) else _shared() / "data" / "video" / "short_hamilton_clip.mp4"
+    extra = ["--config", str(args.config)] if getattr(args, "config", None) else []
+    result = run_compare(clip, rounds=args.rounds, cores=args.cores, mask_args=extra)
+    if getattr(args, "json", False):
+        print(json.dumps(result))
+        return 0
+    print(f"{clip.name}: {result['frames']} frames, {result['cores']} cores"
+          f"{' (pinned with taskset)' if result['pinned'] else ''}, deface {result['deface_version']} defaults")
+    print(f"{'round':>5} {'edge-mask fps':>14} {'deface fps':>11} {'ratio':>7}")
+    for number, row in enumerate(result["rounds"], 1):
+        print(f"{number:>5} {row['ours_fps']:>14.1f} {row['deface_fps']:>11.1f} {row['ratio']:>6.1f}x")
+    ratio = result["ratio"]
+    print(f"ratio min {ratio['min']:.1f}x, median {ratio['median']:.1f}x, max {ratio['max']:.1f}x (target >= 8x)")
+    return 0
