@@ -297,6 +297,35 @@ def test_opener_only_raises_message_error_on_arbitrary_bytes(data: bytes) -> Non
 _FUZZ_KEYS = Keys()
 
 
+def _vector_opener() -> tuple[Opener, bytes]:
+    v = VECTOR
+    raw = bytes.fromhex(v["recipient_private_key_hex"])
+    private = RecipientPrivateKey.from_key(X25519PrivateKey.from_private_bytes(raw))
+    public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(v["signing_public_key_hex"]))
+    device = v["header"]["device_id"]
+    return Opener(private, {device: Enrollment(device, public, "0" * 64)}), bytes.fromhex(v["message_hex"])
+
+
+_VECTOR_OPENER, _VECTOR_MESSAGE = _vector_opener()
+
+
+@given(st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=6), st.integers(0, 400),
+       st.binary(max_size=40))
+@settings(max_examples=400, deadline=None)
+def test_opener_rejects_edited_genuine_messages(edits: list[tuple[int, int]], cut: int, tail: bytes) -> None:
+    """Byte edits, truncation and appended junk on a genuine message: it opens only if it is unchanged."""
+    data = bytearray(_VECTOR_MESSAGE)
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    data = data[: max(cut, 1)] + tail if cut < len(data) else data + tail
+    try:
+        opened = _VECTOR_OPENER.open(bytes(data))
+    except MessageError as exc:
+        assert exc.reason in REASONS
+    else:
+        assert bytes(data) == _VECTOR_MESSAGE and opened.header.seq == VECTOR["header"]["seq"]
+
+
 def test_thousands_of_mutated_messages_are_all_rejected(keys: Keys, sealed: list[bytes]) -> None:
     """2,400 random and mutated messages through Reassembler + Opener: only MessageError, nothing bogus opens."""
     rng = random.Random(20261123)

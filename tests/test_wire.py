@@ -44,6 +44,7 @@ headers = st.builds(
 
 
 @given(headers)
+@settings(deadline=None)
 def test_header_round_trips_exactly(header: FrameHeader) -> None:
     packed = header.pack()
     parsed, length = FrameHeader.unpack(packed + b"trailing ciphertext")
@@ -92,6 +93,7 @@ def test_header_parse_errors_have_stable_reasons() -> None:
 
 
 @given(st.binary(max_size=200))
+@settings(deadline=None)
 def test_header_parser_only_raises_message_error(data: bytes) -> None:
     try:
         FrameHeader.unpack(data)
@@ -103,7 +105,7 @@ def test_header_parser_only_raises_message_error(data: bytes) -> None:
 
 
 @given(st.binary(min_size=1, max_size=5000), st.integers(CHUNK_HEADER_LEN + 1, 2000), st.randoms())
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 def test_chunks_respect_max_payload_and_reassemble_in_any_order(
     message: bytes, max_payload: int, rnd: random.Random
 ) -> None:
@@ -197,7 +199,7 @@ def test_inconsistent_chunks_are_malformed() -> None:
 
 
 @given(st.lists(st.binary(max_size=300), max_size=30))
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 def test_reassembler_only_raises_message_error(payloads: list[bytes]) -> None:
     r = Reassembler(max_pending_bytes=4096, timeout_s=1, max_message_bytes=2048)
     for i, p in enumerate(payloads):
