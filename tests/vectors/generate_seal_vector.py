@@ -3,7 +3,8 @@
 The keys below are derived from fixed strings and published on purpose: they are for the format's test
 vector only and must never be used by a device or a receiver. HPKE encryption is randomized, so the vector
 fixes the resulting message bytes; tests check that they open to the known plaintext (decrypt/verify
-direction) and that the header fields pack to the known header bytes.
+direction) and that the header fields pack to the known header bytes. Regenerating changes message_hex
+(HPKE is randomized): copy the new header and message hex into the vector blocks of docs/format.md.
 """
 
 from __future__ import annotations
