@@ -19,7 +19,7 @@ from edge_mask.errors import UserError
 log = logging.getLogger("edge_mask")
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS: tuple[str, ...] = ("mask", "bench", "models", "receive", "run", "doctor", "eval", "provision")
+COMMANDS: tuple[str, ...] = ("mask", "bench", "models", "receive", "run", "doctor", "eval", "provision", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

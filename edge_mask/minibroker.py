@@ -140,6 +140,7 @@ class MiniBroker:
         self.retained: dict[str, Message] = {}
         self.counters: dict[str, int] = {"connects": 0, "refused": 0, "published": 0, "denied": 0, "dropped": 0}
         self._rr = itertools.count()
+        self._conns: set[Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -182,10 +183,11 @@ class MiniBroker:
         async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
-            for session in self.sessions.values():
-                if session.conn is not None:
-                    session.conn.close()
-            await asyncio.sleep(0.05)
+            for conn in list(self._conns):
+                conn.writer.transport.abort()  # no TLS goodbye: the handlers see end-of-stream and finish
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if others:
+                await asyncio.wait(others, timeout=2.0)
             loop.stop()
 
         asyncio.run_coroutine_threadsafe(shutdown(), loop)
@@ -202,6 +204,7 @@ class MiniBroker:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(self, reader, writer)
+        self._conns.add(conn)
         try:
             await self._connection(conn)
         except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, TimeoutError) as exc:
@@ -209,6 +212,7 @@ class MiniBroker:
         except Exception:  # a bug must cost one connection, not the broker
             log.warning("minibroker: internal error on a connection", exc_info=True)
         finally:
+            self._conns.discard(conn)
             self._disconnected(conn)
             conn.close()
 
