@@ -1,0 +1,170 @@
+"""`edge-mask mask` on real photos and videos: outputs, metadata, progress, JSON and bad inputs.
+
+Inputs are copied from ../shared/data into the test's temporary folder (under names that must not leak
+into the outputs); the detector is the project's int8 YuNet from the test model cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_mask.cli import main
+from edge_mask.config import ModelsConfig
+from edge_mask.media import encode_image, expand_inputs, output_path
+
+SECRET = b"GPS 51.5007N 0.1246W patient-jane-doe"
+
+
+def with_exif(jpeg: bytes, payload: bytes) -> bytes:
+    """Insert an APP1 'Exif' segment carrying `payload` right after the JPEG's SOI marker."""
+    body = b"Exif\x00\x00" + payload
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def write_config(path: Path, models: ModelsConfig) -> Path:
+    path.write_text(
+        'device_id = "batch-test"\n'
+        "[models]\n"
+        f'cache_dir = "{models.cache_dir}"\n'
+        "[detector]\n"
+        'model = "yunet-int8"\n'
+        'precision = "int8"\n'
+        "deadline_ms = 5000\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("inputs")
+    photo = (shared_data / "faces-dlib" / "2008_004176.jpg").read_bytes()
+    (folder / "patient-jane-doe.jpg").write_bytes(with_exif(photo, SECRET))
+    shutil.copy(shared_data / "video" / "asl" / "eat.mkv", folder / "patient-john-roe.mkv")
+    cap = cv2.VideoCapture(str(shared_data / "video" / "asl" / "hungry.mkv"))
+    frames = []
+    for _ in range(8):
+        ok, image = cap.read()
+        assert ok
+        frames.append(cv2.cvtColor(cv2.resize(image, (320, 240)), cv2.COLOR_BGR2RGB))
+    cap.release()
+    import imageio.v3 as iio
+
+    iio.imwrite(folder / "ward-round.gif", np.stack(frames), duration=100, loop=0)
+    (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    (folder / "notes.txt").write_text("not media")
+    return folder
+
+
+def test_batch_masks_photos_and_videos_and_reports_bad_inputs(
+    inputs: Path, model_cache: ModelsConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outdir = tmp_path / "out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config = write_config(tmp_path / "edge.toml", model_cache)
+    args = [
+        "mask", str(inputs / "patient-jane-doe.jpg"), str(inputs / "patient-john-roe.mkv"),
+        str(inputs / "ward-round.gif"), str(inputs / "broken.mp4"), str(tmp_path / "missing.mp4"), str(empty),
+        "-o", str(outdir), "--config", str(config), "--json", "--style", "pixelate",
+    ]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 1, "bad inputs make the exit non-zero"
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert {"files", "frames", "faces", "fail_closed", "fps"} <= summary.keys()
+    assert summary["files"] == 3
+    assert summary["frames"] == 1 + 47 + 8
+    assert summary["faces"] >= 7 + 47, "7 faces in the photo, a signer in every clip frame"
+    assert summary["fps"] > 0
+
+    errors = [line for line in captured.err.splitlines() if line.startswith("edge-mask: error:")]
+    for bad in ("broken.mp4", "missing.mp4", str(empty)):
+        assert sum(bad in line for line in errors) == 1, (bad, errors)
+    assert "frames" in captured.err, "a progress bar is drawn for videos"
+
+    assert sorted(p.name for p in outdir.iterdir()) == ["patient-jane-doe.jpg", "patient-john-roe.mp4",
+                                                          "ward-round.mp4"]
+    photo = cv2.imread(str(outdir / "patient-jane-doe.jpg"))
+    original = cv2.imread(str(inputs / "patient-jane-doe.jpg"))
+    assert photo.shape == original.shape
+    assert np.mean(np.abs(photo.astype(int) - original.astype(int))) > 1, "the photo was masked"
+
+    for name, source, frames, fps in (("patient-john-roe.mp4", "patient-john-roe.mkv", 47, 30.0),
+                                      ("ward-round.mp4", "ward-round.gif", 8, 10.0)):
+        out = cv2.VideoCapture(str(outdir / name))
+        src = cv2.VideoCapture(str(inputs / source))
+        assert out.get(cv2.CAP_PROP_FRAME_WIDTH) == src.get(cv2.CAP_PROP_FRAME_WIDTH)
+        assert out.get(cv2.CAP_PROP_FRAME_HEIGHT) == src.get(cv2.CAP_PROP_FRAME_HEIGHT)
+        assert out.get(cv2.CAP_PROP_FPS) == pytest.approx(fps, rel=0.01)
+        count = 0
+        while out.read()[0]:
+            count += 1
+        assert count == frames
+        out.release()
+        src.release()
+
+
+def test_outputs_carry_no_metadata_or_original_names(
+    inputs: Path, model_cache: ModelsConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outdir = tmp_path / "out"
+    config = write_config(tmp_path / "edge.toml", model_cache)
+    source = inputs / "patient-jane-doe.jpg"
+    assert b"Exif" in source.read_bytes() and SECRET in source.read_bytes()
+    code = main(["mask", str(source), str(inputs / "patient-john-roe.mkv"), "-o", str(outdir),
+                 "--config", str(config), "--no-progress"])
+    assert code == 0
+    assert "masked 2 file(s)" in capsys.readouterr().out
+    image = (outdir / "patient-jane-doe.jpg").read_bytes()
+    assert b"Exif" not in image and SECRET not in image and b"\xff\xe1" not in image[:4096]
+    video = (outdir / "patient-john-roe.mp4").read_bytes()
+    for needle in (b"patient-john-roe", b"patient", b"eat.mkv", str(inputs).encode()):
+        assert needle not in video, f"{needle!r} found inside the output container"
+    assert not list(outdir.glob(".*partial*")), "no temporary files are left behind"
+
+
+def test_output_never_overwrites_its_input(
+    inputs: Path, model_cache: ModelsConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = folder / "a.jpg"
+    shutil.copy(inputs / "patient-jane-doe.jpg", photo)
+    before = photo.read_bytes()
+    code = main(["mask", str(folder), "-o", str(folder), "--config",
+                 str(write_config(tmp_path / "edge.toml", model_cache))])
+    assert code == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert photo.read_bytes() == before
+
+
+def test_input_expansion_and_output_names(tmp_path: Path) -> None:
+    (tmp_path / "b.PNG").write_bytes(b"")
+    (tmp_path / "a.mkv").write_bytes(b"")
+    (tmp_path / "c.txt").write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    files, problems = expand_inputs([tmp_path, tmp_path / "nope.jpg", tmp_path / "c.txt", tmp_path / "sub"])
+    assert [p.name for p in files] == ["a.mkv", "b.PNG"]
+    assert len(problems) == 3
+    assert "nope.jpg: no such file" in problems[0]
+    assert "unsupported file type '.txt'" in problems[1]
+    assert "holds no media files" in problems[2]
+    out = tmp_path / "out"
+    assert output_path(Path("x/clip.avi"), out) == out / "clip.mp4"
+    assert output_path(Path("x/clip.gif"), out) == out / "clip.mp4"
+    assert output_path(Path("x/photo.jpeg"), out) == out / "photo.jpeg"
+
+
+def test_encoded_images_have_no_metadata_segments() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    jpeg = encode_image(image, ".jpg")
+    assert jpeg[:2] == b"\xff\xd8" and b"Exif" not in jpeg and b"\xff\xe1" not in jpeg
+    png = encode_image(image, ".png")
+    assert b"tEXt" not in png and b"eXIf" not in png and b"iTXt" not in png
