@@ -247,6 +247,9 @@ def open_session(path: Any, threads: int, providers: Sequence[str] = ("CPUExecut
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # No busy-waiting between operators: on a 2-core device capture, masking and encoding run beside the
+    # detector, and spinning intra-op threads steal the cores they need (worse latency under contention).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
