@@ -85,7 +85,6 @@ class LimitedCamera:
 
 def choose_source(source: str | None, frames: int | None, say: Say) -> Source:
     """`--source` as given; else the shared clip; else camera 0 if it delivers a frame; else a synthetic pattern."""
-    import cv2
 
     if source is not None:
         if source.isdigit():
@@ -99,16 +98,25 @@ def choose_source(source: str | None, frames: int | None, say: Say) -> Source:
         say(f"source: the shared clip {DEFAULT_CLIP} played as a camera")
         return Source(OpenCVCameraConfig(source=str(DEFAULT_CLIP), realtime=False), f"video {DEFAULT_CLIP}",
                       _video_fps(DEFAULT_CLIP))
-    capture = cv2.VideoCapture(0)
-    try:
-        ok = capture.isOpened() and capture.read()[0]
-    finally:
-        capture.release()
-    if ok:
+    if _camera_zero_works():
         say("source: camera 0 (the shared clip is not present)")
         return Source(OpenCVCameraConfig(source="0"), "camera 0", 30.0)
     say("source: a synthetic test pattern WITHOUT faces (no shared clip, no camera 0); expect masked_faces = 0")
     return Source(SyntheticCameraConfig(frames=frames or DEFAULT_LIVE_FRAMES, realtime=False), "synthetic", 30.0)
+
+
+def _camera_zero_works() -> bool:
+    import sys
+
+    import cv2
+
+    if sys.platform.startswith("linux") and not Path("/dev/video0").exists():
+        return False  # do not let OpenCV probe (and log errors about) a camera that is not there
+    capture = cv2.VideoCapture(0)
+    try:
+        return bool(capture.isOpened() and capture.read()[0])
+    finally:
+        capture.release()
 
 
 def _video_fps(path: Path) -> float:
@@ -140,15 +148,19 @@ def ensure_model(models: ModelsConfig, say: Say) -> str:
         if not check_cached(entry, models, manifest)[0]:
             say(f"model: fetching {model_id} into {models.cache_dir} (sha256-verified)")
             fetch(entry, models, manifest, extra_sources=mirrors, network=not mirrors)
-    calib = [p for p in (SHARED / "data" / "faces-dlib", SHARED / "data" / "identities" / "knn") if p.is_dir()]
-    if not calib:
+    # the same split as the project's own model build: calibrate on identity photos, check parity on
+    # other photos and video frames
+    calib = [p for p in (SHARED / "data" / "identities",) if p.is_dir()]
+    parity = [p for p in (SHARED / "data" / "faces-dlib", SHARED / "data" / "video") if p.is_dir()]
+    if not calib or not parity:
         say("model: no calibration photos for int8 (../shared absent); running the fp32 model")
         return "fp32"
     from edge_mask.quantize import quantize_model
 
     say(f"model: building the int8 model from {manifest.get('yunet-fp32-dynamic').file} (about a minute, once)")
     src = cache_path(manifest.get("yunet-fp32-dynamic"), models)
-    report = quantize_model(src, cache_path(int8, models), calibration=calib, progress=lambda m: log.info("%s", m))
+    report = quantize_model(src, cache_path(int8, models), calibration=calib, parity=parity,
+                            progress=lambda m: log.info("%s", m))
     if not report.get("passed"):
         say("model: the int8 model failed its parity check; running the fp32 model")
         return "fp32"

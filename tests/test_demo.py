@@ -75,3 +75,15 @@ def test_demo_refuses_a_non_empty_out_dir(tmp_path: Path) -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "directory is not empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_default_source_falls_back_to_a_synthetic_pattern(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the shared clip and without a working camera 0 the demo says it uses a synthetic pattern."""
+    from edge_mask import demo
+
+    monkeypatch.setattr(demo, "DEFAULT_CLIP", Path("/nonexistent/clip.mp4"))
+    monkeypatch.setattr(demo, "_camera_zero_works", lambda: False)
+    said: list[str] = []
+    source = demo.choose_source(None, 25, said.append)
+    assert source.camera.type == "synthetic" and source.camera.frames == 25
+    assert any("synthetic" in line and "WITHOUT faces" in line for line in said)
