@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 MAX_SESSIONS = 1000
 MAX_RETAINED = 10_000
 MAX_QUEUED = 100_000
+MAX_QUEUED_BYTES = 256 * 1024 * 1024  # per session: an absent receiver cannot exhaust memory
 MAX_INFLIGHT = 100
 
 
@@ -81,6 +82,7 @@ class Session:
     v5: bool = False
     subs: dict[str, Subscription] = field(default_factory=dict)  # key: full filter incl. $share prefix
     queue: deque[Message] = field(default_factory=deque)
+    queued_bytes: int = 0
     inflight: dict[int, Message] = field(default_factory=dict)
     max_inflight: int = MAX_INFLIGHT
     conn: Connection | None = None
@@ -416,17 +418,20 @@ class MiniBroker:
             return
         if session.conn is None and not session.persistent:
             return
-        if len(session.queue) >= MAX_QUEUED:
-            session.queue.popleft()
+        while session.queue and (len(session.queue) >= MAX_QUEUED
+                                 or session.queued_bytes + len(out.payload) > MAX_QUEUED_BYTES):
+            session.queued_bytes -= len(session.queue.popleft().payload)
             self.counters["dropped"] += 1
             log.warning("minibroker: queue of %r full; dropped its oldest message", session.client_id)
         session.queue.append(out)
+        session.queued_bytes += len(out.payload)
         self._drain(session)
 
     def _drain(self, session: Session) -> None:
         conn = session.conn
         while conn is not None and session.queue and len(session.inflight) < session.max_inflight:
             msg = session.queue.popleft()
+            session.queued_bytes -= len(msg.payload)
             pid = session.next_id()
             session.inflight[pid] = msg
             conn.send(encode_publish(msg, 1, pid, v5=session.v5))
