@@ -17,9 +17,11 @@ def register(subparsers: Any) -> None:
         description="Feed SOURCE (a video, looped, or a photo, repeated) through the real masker and print "
         "p50/p99 per stage and overall frames/s, with the project's speed targets.",
     )
-    parser.add_argument("source", metavar="SOURCE", help="video file or photo, or `compare` (deface vs edge-mask)")
+    parser.add_argument("source", metavar="SOURCE",
+                        help="video file or photo; or a mode: `compare` (deface vs edge-mask), `seal` (encode + "
+                        "seal + sign + spool per frame), `uplink` (sustained frames/s to a local mosquitto)")
     parser.add_argument("clip", nargs="?", metavar="CLIP",
-                        help="with `compare`: the clip (default: the shared Hamilton clip)")
+                        help="with a mode: the clip (default: the shared Hamilton clip)")
     parser.add_argument("--config", type=Path, help="config.toml to take detector/tracker/mask settings from")
     parser.add_argument("--width", type=int, metavar="W", help="resize frames to this width (with --height)")
     parser.add_argument("--height", type=int, metavar="H", help="resize frames to this height (with --width)")
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         from edge_mask.commands.eval import bench_compare
 
         return bench_compare(args)
+    if args.source in ("seal", "uplink"):
+        return _bench_transport(args)
     if args.clip is not None:
         raise UserError(f"unexpected CLIP {args.clip!r}: only `edge-mask bench compare CLIP` takes a second argument")
     if args.live:
@@ -66,4 +70,56 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.as_dict()))
     else:
         print("\n".join(result.lines()))
+    return 0
+
+
+def _default_clip(clip: str | None) -> Path | None:
+    if clip is not None:
+        return Path(clip)
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "video" / "short_hamilton_clip.mp4"
+    return shared if shared.exists() else None
+
+
+def _bench_transport(args: argparse.Namespace) -> int:
+    """`bench seal`: encode + seal + sign + spool put per frame; `bench uplink`: spool -> MQTT frames/s."""
+    import tempfile
+
+    from edge_mask.config import SpoolConfig
+    from edge_mask.errors import UserError
+
+    clip = _default_clip(args.clip)
+    if args.source == "uplink":
+        from edge_mask.uplink_bench import run_uplink_bench
+
+        width, height = args.width or 640, args.height or 480
+        report: dict[str, Any] = run_uplink_bench(frames=args.frames * 2, width=width, height=height, video=clip)
+        lines = [f"uplink {report['width']}x{report['height']} JPEG {report['jpeg_bytes']} B over "
+                 f"{report['transport']}: {report['frames_per_s']} frames/s ({report['frames_acked']}/"
+                 f"{report['frames']} acked, {report['mbit_per_s']} Mbit/s), spool put mean "
+                 f"{report['spool_put_ms_mean']} ms p99 {report['spool_put_ms_p99']} ms; target >= 60 frames/s"]
+    else:
+        from edge_mask.seal_bench import bench_seal, read_clip
+        from edge_mask.spool import open_spool
+
+        if clip is None:
+            raise UserError("bench seal needs a clip: pass one (e.g. `edge-mask bench seal clip.mp4`)")
+        frames = read_clip(clip, min(args.frames, 120))
+        sizes = ((args.width, args.height),) if args.width and args.height else ((640, 480), (1280, 720))
+        with tempfile.TemporaryDirectory(prefix="edge-mask-bench-") as tmp:
+            spool = open_spool(SpoolConfig(path=Path(tmp) / "spool"))
+            try:
+                report = bench_seal(frames, sizes=sizes, sink=spool.put)
+            finally:
+                spool.close()
+        lines = [f"encoder {report['encoder']}, {report['frames']} real frames; medians (p95) in ms"]
+        for row in report["results"]:
+            lines.append(
+                f"{row['size']:>9} {row['aead']:<18} jpeg {row['jpeg_bytes']:>6} B  encode "
+                f"{row['encode_ms']['median']:.2f} ({row['encode_ms']['p95']:.2f})  seal+sign "
+                f"{row['seal_ms']['median']:.2f} ({row['seal_ms']['p95']:.2f})  spool "
+                f"{row['sink_ms']['median']:.2f} ({row['sink_ms']['p95']:.2f})  total "
+                f"{row['total_ms']['median']:.2f} ({row['total_ms']['p95']:.2f})"
+            )
+        lines.append("target: seal + spool under 3 ms per 640x480 frame")
+    print(json.dumps(report) if args.json else "\n".join(lines))
     return 0
