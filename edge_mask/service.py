@@ -10,8 +10,8 @@ Why this shape:
   pings and systemd restarts the service, while the capture loop's own retries handle short faults.
 * SIGTERM: stop the camera, let the masker finish the frame in hand, seal and spool what was already
   masked (the spool is durable on return), publish `stopped`, and return within 5 s even if a stage hangs.
-* SIGHUP: re-read the config; mask and tracker settings, the log level and the stats interval apply live
-  (a new masker around the same detector); anything else is logged as needing a restart.
+* SIGHUP: re-read the config; mask and tracker settings and the log level apply live (the masker keeps
+  its tracked faces); anything else is logged as needing a restart.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ STOP_BUDGET_S = 4.5
 DRAIN_ON_END_S = 30.0  # a finite source (a file) waits this long for the spool to empty before exiting
 _TICK_S = 0.1
 _DONE = object()  # end-of-stream marker between stages
-LIVE_RELOAD = ("mask", "tracker", "service.log_level", "uplink.stats_interval_s")
+LIVE_RELOAD = ("mask", "tracker", "service.log_level")
 
 
 class Service:
@@ -116,7 +116,6 @@ class Service:
     def run(self) -> int:
         """Start every stage, supervise until SIGTERM (or the end of a finite source), stop; exit code."""
         self._start_stages()
-        next_stats = time.monotonic() + self.cfg.uplink.stats_interval_s
         next_status = 0.0
         stalled_logged = False
         ended_at: float | None = None
@@ -136,9 +135,6 @@ class Service:
                 if now >= next_status:
                     next_status = now + 1.0
                     self.notifier.status(self._status_line())
-                if now >= next_stats:
-                    next_stats = now + self.cfg.uplink.stats_interval_s
-                    self.uplink.publish_stats(self.stats())
                 if self.capture is not None and self.capture.ended and self._pipeline_idle():
                     if ended_at is None:
                         ended_at = now
@@ -160,7 +156,8 @@ class Service:
 
             self._masker = build_masker(self.cfg)
         self.spool = TimedSpool(open_spool(self.cfg.spool), self.metrics.acked_latency.add)
-        self.uplink = MqttUplink(self.cfg.uplink, self.cfg.device_id, self.spool)
+        # The uplink publishes {prefix}/stats every uplink.stats_interval_s, merging in self.stats().
+        self.uplink = MqttUplink(self.cfg.uplink, self.cfg.device_id, self.spool, stats_source=self.stats)
         self.uplink.start()
         if self.cfg.service.prometheus_port:
             self._prometheus = PrometheusServer(
@@ -220,9 +217,10 @@ class Service:
             except Exception:
                 # A masker bug must not let the raw frame through: drop it and count it.
                 log.exception("masker failed; frame %d dropped", raw.seq)
-                masked = None
                 self.metrics.drop("mask_error")
-            del raw  # the raw frame dies here
+                continue
+            finally:
+                del raw  # the raw frame dies here
             if self._abandon.is_set():
                 return
             if masked is None:
@@ -278,7 +276,9 @@ class Service:
         return self.spool.stats().pending if self.spool is not None else 0
 
     def _pipeline_idle(self) -> bool:
-        return len(self._raw) == 0 and self._masked.empty() and self._sealed.empty()
+        """Every captured frame is spooled or counted as dropped (none in a queue or in a stage's hands)."""
+        snap = self.metrics.snapshot()
+        return bool(snap["frames_captured"] == snap["frames_spooled"] + snap["dropped_total"])
 
     # ----------------------------------------------------------------------------------------- health
 
@@ -292,6 +292,9 @@ class Service:
         if state in ("retrying", "stalled"):
             self.metrics.count(f"camera_{state}")
         log.info("camera state: %s%s", state, f" ({detail})" if detail else "")
+        if self.uplink is not None and state not in ("stopped",):
+            # Faults go out at once on the stats topic, not only at the next interval.
+            self.uplink.publish_stats({**self.stats(), "event": f"camera_{state}", "event_detail": detail})
 
     def _status_line(self) -> str:
         camera = self.capture.state if self.capture else "starting"
@@ -310,15 +313,16 @@ class Service:
         if discarded:
             self.metrics.drop("shutdown", discarded)
         clean = True
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - 1.5 - time.monotonic()))
+        downstream = [self._masked, self._sealed]  # the queue each stage feeds (the spool stage feeds none)
+        for index, thread in enumerate(self._threads):
+            thread.join(max(0.3, deadline - 1.5 - time.monotonic()))
             if thread.is_alive():
                 clean = False
                 log.error("stage %s did not finish in time; abandoning it", thread.name)
                 self._abandon.set()
-                for q in (self._masked, self._sealed):
-                    try:
-                        q.put_nowait(_DONE)
+                if index < len(downstream):
+                    try:  # let the stages after the hung one finish what they hold
+                        downstream[index].put_nowait(_DONE)
                     except queue.Full:
                         pass
         if self.uplink is not None:
@@ -328,11 +332,12 @@ class Service:
             clean = clean and not stopper.is_alive()
         if self._prometheus is not None:
             self._prometheus.stop()
-        if self.spool is not None and all(not t.is_alive() for t in self._threads):
-            self.spool.close()
+        spool_stage_done = not self._threads or not self._threads[-1].is_alive()
+        spool_stats = self.spool.stats().as_dict() if self.spool is not None and spool_stage_done else {}
+        if self.spool is not None and spool_stage_done:
+            self.spool.close()  # the masker never touches the spool: a hung masker does not keep it open
         if self._masker is not None and clean:
             self._masker.close()
-        spool_stats = self.spool.stats().as_dict() if self.spool is not None and clean else {}
         log.info("stopped: %s", {**self.metrics.snapshot(), **spool_stats})
         self.stopped_cleanly = clean
 
@@ -366,7 +371,6 @@ class Service:
                 "mask": new.mask,
                 "tracker": new.tracker,
                 "service": old.service.model_copy(update={"log_level": new.service.log_level}),
-                "uplink": old.uplink.model_copy(update={"stats_interval_s": new.uplink.stats_interval_s}),
             }
         )
         if restart:
@@ -382,8 +386,6 @@ def _changed_sections(old: EdgeConfig, new: EdgeConfig) -> list[str]:
         a, b = getattr(old, name), getattr(new, name)
         if name == "service":
             a, b = a.model_copy(update={"log_level": "INFO"}), b.model_copy(update={"log_level": "INFO"})
-        if name == "uplink":
-            a, b = a.model_copy(update={"stats_interval_s": 1.0}), b.model_copy(update={"stats_interval_s": 1.0})
         if a != b:
             changed.append(name)
     return changed
