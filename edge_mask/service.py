@@ -192,7 +192,10 @@ class Service:
 
         recipient = load_recipient_public_key(self.cfg.seal.recipient_public_key)
         signing = load_signing_key(self.cfg.seal.signing_key)
-        return Sealer(self.cfg.device_id, recipient, signing, self.cfg.seal.aead), create_encoder(self.cfg.encode)
+        sealer = Sealer(
+            self.cfg.device_id, recipient, signing, self.cfg.seal.aead, include_metadata=self.cfg.seal.include_metadata
+        )
+        return sealer, create_encoder(self.cfg.encode)
 
     # ----------------------------------------------------------------------------------------- stages
 
