@@ -43,7 +43,15 @@ else:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MANIFEST_PATH = Path(os.environ.get("EDGE_MASK_MANIFEST", REPO_ROOT / "models" / "manifest.toml"))
+# A source checkout (or editable install) reads models/manifest.toml; a wheel install ships the same file
+# as data under <prefix>/share/edge-mask/ (pyproject's data-files).
+_CHECKOUT_MANIFEST = REPO_ROOT / "models" / "manifest.toml"
+_INSTALLED_MANIFEST = Path(sys.prefix) / "share" / "edge-mask" / "manifest.toml"
+MANIFEST_PATH = Path(
+    os.environ.get(
+        "EDGE_MASK_MANIFEST", _CHECKOUT_MANIFEST if _CHECKOUT_MANIFEST.exists() else _INSTALLED_MANIFEST
+    )
+)
 MAX_DOWNLOAD_BYTES = 64 << 20
 PARITY_SUFFIX = ".parity.json"
 
