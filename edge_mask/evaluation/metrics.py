@@ -203,7 +203,9 @@ class ClipLeaks:
     leaked_faces: int = 0
     leaked_frames: int = 0
     masked_frame_faces: int = 0
+    """Judge detections in masked frames that overlap no original detection (reactions to the mask)."""
     fail_closed_frames: int = 0
+    """Frames masked whole (or dropped) because detection failed or missed its deadline."""
     tracks: int = 0
     leaked_tracks: int = 0
 
@@ -222,7 +224,7 @@ def summarize_clip(name: str, per_frame: Sequence[tuple[Any, Any]], iou: float =
         summary.judge_faces += len(flags)
         summary.leaked_faces += int(flags.sum())
         summary.leaked_frames += int(flags.any())
-        summary.masked_frame_faces += len(as_boxes(masked))
+        summary.masked_frame_faces += int((~leaked_in_frame(masked, original, iou)).sum())
     summary.frames = summary.judged_frames
     summary.tracks = len(linker.tracks)
     summary.leaked_tracks = sum(t.leaked for t in linker.tracks)
