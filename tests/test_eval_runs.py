@@ -28,7 +28,9 @@ def test_detect_eval_covers_the_annotated_faces(cfg: EdgeConfig, shared_data: Pa
 
     result = evaluate_detection(shared_data / "faces-dlib", cfg, thresholds=(0.5,))
     assert result["faces"] == 43 and result["images"] == 9
-    (row,) = result["rows"]
+    # the configured threshold is always evaluated beside the requested ones; it is the headline row
+    assert {r["threshold"] for r in result["rows"]} == {0.5, cfg.detector.threshold}
+    row = next(r for r in result["rows"] if r["threshold"] == result["default_threshold"])
     assert row["faces"] == 43 and len(row["per_face"]) == 43
     assert row["recall"] >= 0.9
     assert row["covered"] == 43, [f for f in row["per_face"] if f["coverage"] < 0.9]
