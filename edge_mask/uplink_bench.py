@@ -13,10 +13,7 @@ real deployment). Target on a Raspberry Pi 4 class device: >= 60 frames/s of 640
 from __future__ import annotations
 
 import logging
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -24,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_mask.bench_live import LocalMosquitto
 from edge_mask.config import BrokerConfig, SpoolConfig, UplinkConfig
 from edge_mask.errors import UserError
 from edge_mask.spool import open_spool
@@ -66,48 +64,6 @@ def bench_jpeg(width: int = 640, height: int = 480, quality: int = 80, video: Pa
     return bytes(data.tobytes())
 
 
-class _LocalBroker:
-    """A throw-away mosquitto on 127.0.0.1 for the benchmark (plain TCP; never used for real traffic)."""
-
-    def __init__(self, directory: Path) -> None:
-        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-        if exe is None:
-            raise UserError("mosquitto not found; install it (apt-get install -y mosquitto) to run this benchmark")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        conf = directory / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\n"
-            f"max_queued_messages 100000\nlog_dest file {directory / 'mosquitto.log'}\n"
-            + ("user root\n" if _is_root() else "")
-        )
-        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.close()
-        raise RuntimeError("benchmark mosquitto did not start listening")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _is_root() -> bool:
-    import os
-
-    return os.geteuid() == 0
-
-
 def run_uplink_bench(
     frames: int = 600,
     width: int = 640,
@@ -125,7 +81,7 @@ def run_uplink_bench(
         tmp_dir = Path(tmp)
         local = None
         if broker is None:
-            local = _LocalBroker(tmp_dir)
+            local = LocalMosquitto(tmp_dir)
             broker = BrokerConfig(host="127.0.0.1", port=local.port, tls=None, client_id="edge-mask-bench")
         spool = open_spool(SpoolConfig(path=tmp_dir / "spool"))
         uplink = MqttUplink(UplinkConfig(broker=broker, inflight=inflight, stats_interval_s=3600), "bench", spool)
@@ -156,7 +112,7 @@ def run_uplink_bench(
             uplink.stop()
             spool.close()
             if local is not None:
-                local.close()
+                local.stop()
     acked = stats.acked
     put_sorted = sorted(put_ms)
     return {
