@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_mask.errors import KeyMaterialError
+from edge_mask.keys import write_public, write_secret
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +47,15 @@ Usage = Literal["client", "server"]
 
 
 def write_file(path: Path, data: bytes, *, secret: bool = False, force: bool = False) -> Path:
-    """Write `data` to `path`; secrets get mode 0600 (and their new directories 0700).
+    """Write `data` atomically; secrets get mode 0600 (new directories 0700), other files 0644.
 
     Never overwrites without `force`: replacing a CA key or a device key by accident breaks every
-    certificate issued from it, so the operator has to say so.
+    certificate issued from it, so the operator has to say so. The writing itself is edge_mask.keys'.
     """
     path = Path(path)
     if path.exists() and not force:
         raise KeyMaterialError(f"{path} already exists; pass --force to replace it (old certificates stop working)")
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700 if secret else 0o755, exist_ok=True)
-    mode = 0o600 if secret else 0o644
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask; fchmod is not
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return path
+    return (write_secret if secret else write_public)(path, data, force=force)
 
 
 def private_dir(path: Path) -> Path:
