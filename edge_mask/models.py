@@ -10,7 +10,8 @@ the fp32 model and its bytes depend on the onnxruntime version. Its hash, the so
 figures against fp32 are written beside it (`<name>.parity.json`); without a passing report it is not used.
 
 `precision = "auto"` times int8 against fp32 for about a second at start-up and keeps the faster, because
-int8 wins on ARM (dot-product instructions) but often loses on x86 without VNNI.
+int8 wins on ARM (dot-product instructions) but often loses on x86 without VNNI. The choice is remembered
+in the cache for the same models, runtime, CPU and threads, so restarts skip the timing.
 """
 
 from __future__ import annotations
@@ -389,6 +390,10 @@ def choose_faster(
     key = (str(int8_path), str(fp32_path), threads, tuple(providers))
     if key in _CHOICES:
         return _CHOICES[key]
+    remembered = _remembered_choice(int8_path, fp32_path, threads, providers)
+    if remembered is not None:
+        _CHOICES[key] = remembered
+        return remembered
     from edge_mask.detect import fixed_input_size, open_session
 
     timings: dict[Path, float] = {}
@@ -404,7 +409,69 @@ def choose_faster(
         "int8" if chosen == int8_path else "fp32",
     )
     _CHOICES[key] = chosen
+    _remember_choice(int8_path, fp32_path, threads, providers, chosen, timings)
     return chosen
+
+
+# The auto decision is kept beside the models so a device that restarts does not re-time at every start.
+# It is keyed by both models' bytes, onnxruntime's version, the CPU, the threads and the providers, so any
+# change of these re-times; deleting the file forces it too.
+AUTO_CHOICE_FILE = "precision-auto.json"
+
+
+def _choice_key(int8_path: Path, fp32_path: Path, threads: int, providers: Sequence[str]) -> str:
+    import platform
+
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith(("model name", "model\t", "hardware")):
+                cpu = line.split(":", 1)[-1].strip()
+                break
+    except OSError:
+        pass
+    parts = [sha256_file(int8_path), sha256_file(fp32_path), onnxruntime.__version__, cpu,
+             str(os.cpu_count()), str(threads), ",".join(providers)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _remembered_choice(int8_path: Path, fp32_path: Path, threads: int, providers: Sequence[str]) -> Path | None:
+    try:
+        data = json.loads((int8_path.parent / AUTO_CHOICE_FILE).read_text(encoding="utf-8"))
+        entry = data.get(_choice_key(int8_path, fp32_path, threads, providers))
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(entry, dict) or entry.get("chosen") not in ("int8", "fp32"):
+        return None
+    chosen = int8_path if entry["chosen"] == "int8" else fp32_path
+    log.info("precision auto: using %s as timed earlier on this machine (int8 %s ms, fp32 %s ms; delete %s to re-time)",
+             entry["chosen"], entry.get("int8_ms"), entry.get("fp32_ms"), int8_path.parent / AUTO_CHOICE_FILE)
+    return chosen
+
+
+def _remember_choice(
+    int8_path: Path, fp32_path: Path, threads: int, providers: Sequence[str], chosen: Path, timings: dict[Path, float]
+) -> None:
+    path = int8_path.parent / AUTO_CHOICE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        if not isinstance(data, dict):
+            data = {}
+        data[_choice_key(int8_path, fp32_path, threads, providers)] = {
+            "chosen": "int8" if chosen == int8_path else "fp32",
+            "int8_ms": round(timings[int8_path] * 1e3, 2),
+            "fp32_ms": round(timings[fp32_path] * 1e3, 2),
+            "threads": threads,
+            "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:  # a read-only cache only costs the timing at the next start
+        log.warning("precision auto: cannot remember the choice in %s (%s)", path, exc)
 
 
 def copy_into_cache(src: Path, dest: Path) -> None:
