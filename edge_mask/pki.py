@@ -79,14 +79,19 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 # -------------------------------------------------------------------------------------------- loading
 
 
-def load_certificate(path: Path, what: str = "certificate") -> x509.Certificate:
-    path = Path(path)
+def _read(path: Path, what: str) -> bytes:
+    """The file's bytes, or a KeyMaterialError naming the file and the fix."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise KeyMaterialError(f"{path}: {what} not found; run `edge-mask provision` to create it") from None
     except OSError as exc:
         raise KeyMaterialError(f"{path}: cannot read {what} ({exc.strerror}); check its permissions") from None
+
+
+def load_certificate(path: Path, what: str = "certificate") -> x509.Certificate:
+    path = Path(path)
+    data = _read(path, what)
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError:
@@ -96,12 +101,7 @@ def load_certificate(path: Path, what: str = "certificate") -> x509.Certificate:
 def load_ec_key(path: Path, what: str = "private key") -> ec.EllipticCurvePrivateKey:
     """Load a PEM private key and insist on ECDSA P-256 (the only type this PKI issues)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise KeyMaterialError(f"{path}: {what} not found; run `edge-mask provision` to create it") from None
-    except OSError as exc:
-        raise KeyMaterialError(f"{path}: cannot read {what} ({exc.strerror}); check its permissions") from None
+    data = _read(path, what)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
