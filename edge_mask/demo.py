@@ -150,7 +150,7 @@ def ensure_model(models: ModelsConfig, say: Say) -> str:
             fetch(entry, models, manifest, extra_sources=mirrors, network=not mirrors)
     # the same split as the project's own model build: calibrate on identity photos, check parity on
     # other photos and video frames
-    calib = [p for p in (SHARED / "data" / "identities",) if p.is_dir()]
+    calib = [p for p in (SHARED / "data" / "identities", SHARED / "data" / "video") if p.is_dir()]
     parity = [p for p in (SHARED / "data" / "faces-dlib", SHARED / "data" / "video") if p.is_dir()]
     if not calib or not parity:
         say("model: no calibration photos for int8 (../shared absent); running the fp32 model")

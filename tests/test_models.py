@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from edge_mask.cli import main
-from edge_mask.config import ModelsConfig
+from edge_mask.config import EdgeConfig, ModelsConfig
 from edge_mask.errors import ModelError
+from edge_mask.quantize import quantize_model
 from edge_mask.models import (
     check_cached,
     fetch,
@@ -201,15 +202,37 @@ def test_parity_report_content(model_cache: ModelsConfig) -> None:
     assert report["sha256"] == sha256_file(model) and report["size"] == model.stat().st_size
     assert report["source_sha256"] == DYNAMIC_SHA
     assert report["format"] in ("QDQ", "QOperator") and report["per_channel"] is True
-    assert {c["format"] for c in report["candidates"]} == {"QDQ", "QOperator"}
-    assert 40 <= report["calibration_images"] <= 80
+    assert {c["format"] for c in report["candidates"]} == {"QOperator"}
+    assert report["weight_type"] == "uint8" and report["activation_type"] == "uint8"
+    assert 100 <= report["calibration_images"] <= 140
     parity = report["parity"]
-    assert parity["images"] >= 50 and parity["fp32_faces"] >= 100
+    assert parity["images"] >= 100 and parity["fp32_faces"] >= 200
+    assert parity["threshold"] == EdgeConfig.model_validate({"device_id": "d"}).detector.threshold == 0.25
     assert parity["recall"] >= 0.99 and parity["precision"] >= 0.99 and parity["iou"] == 0.5
+    assert parity["margin"] == 0.1
+    assert [p["threshold"] for p in report["parity_by_threshold"]] == [0.25, 0.5]
+    assert all(p["passed"] for p in report["parity_by_threshold"])
     assert parity["fp32_found_by_int8"] / parity["fp32_faces"] == pytest.approx(parity["recall"], abs=1e-4)
     import onnxruntime
 
     assert report["onnxruntime"] == onnxruntime.__version__
+
+
+def test_int8_build_is_deterministic(model_cache: ModelsConfig, shared_dir: Path, tmp_path: Path) -> None:
+    """The same inputs give a byte-identical int8 model: rebuild it and compare with the cached build."""
+    from tests.support.model_cache import calibration_sources, parity_sources
+
+    cached = Path(model_cache.cache_dir) / "yunet-int8.onnx"
+    again = tmp_path / "yunet-int8.onnx"
+    report = quantize_model(Path(model_cache.cache_dir) / "face_detection_yunet_2023mar_dynamic.onnx", again,
+                            calibration=calibration_sources(shared_dir), parity=parity_sources(shared_dir))
+    assert report["passed"] is True
+    assert sha256_file(again) == sha256_file(cached)
+    first = json.loads(parity_report_path(cached).read_text())
+    def untimed(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [{k: v for k, v in row.items() if not k.endswith("_ms")} for row in rows]
+
+    assert untimed(report["parity_by_threshold"]) == untimed(first["parity_by_threshold"])
 
 
 def test_cli_list_verify_fetch(tmp_path: Path, shared_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -110,13 +110,13 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 def run_quantize(args: argparse.Namespace) -> int:
     from edge_mask.models import cache_path, load_manifest, resolve_model
-    from edge_mask.quantize import FORMATS, quantize_model
+    from edge_mask.quantize import DEFAULT_FORMATS, quantize_model
 
     models = _models_config(args)
     source = resolve_model(args.source, models, "fp32")
     output = args.output or cache_path(load_manifest().get(DEFAULT_INT8), models)
     report = quantize_model(
-        source, output, calibration=args.calib, parity=args.parity or None, formats=args.formats or FORMATS,
+        source, output, calibration=args.calib, parity=args.parity or None, formats=args.formats or DEFAULT_FORMATS,
         calib_count=args.calib_count, detect_width=args.detect_width, progress=print,
     )
     if args.json:

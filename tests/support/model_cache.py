@@ -31,7 +31,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def calibration_sources(shared: Path) -> list[Path]:
-    return [shared / "data" / "identities"]
+    """Identity photos and frames of every shared clip (between the frames parity takes)."""
+    return [shared / "data" / "identities", shared / "data" / "video"]
 
 
 def parity_sources(shared: Path) -> list[Path]:
