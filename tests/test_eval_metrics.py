@@ -24,6 +24,7 @@ from edge_mask.evaluation.metrics import (
     recall_at_iou,
     region_area_fraction,
     share_below,
+    showing_original,
     summarize_clip,
 )
 from edge_mask.evaluation.reid import deface_default, probe_labels
@@ -158,3 +159,18 @@ def test_ground_truth_formats(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(UserError, match=r"c\.json"):
         load_ground_truth(tmp_path)
+
+
+def test_showing_original_tells_paint_from_a_face() -> None:
+    """A judge box over a solid mask shows no original pixel; one over an unmasked or half-masked face does."""
+    rng = np.random.default_rng(3)
+    before = rng.integers(0, 255, (100, 200, 3), dtype=np.uint8)
+    after = before.copy()
+    after[10:90, 10:90] = 0  # a solid mask over the first face
+    after[10:40, 110:190] = 0  # the top half (eyes) of the second face masked, the mouth left
+    boxes = [[10, 10, 90, 90], [110, 10, 190, 90], [110, 50, 190, 90]]
+    assert showing_original(before, after, boxes).tolist() == [False, True, True]
+    # pixelate/blur add noise: a changed pixel is not original even if close to it
+    noisy = before.copy()
+    noisy[10:90, 10:90] = np.clip(noisy[10:90, 10:90].astype(int) + 1, 0, 255).astype(np.uint8)
+    assert not showing_original(before, noisy, boxes[:1]).any()

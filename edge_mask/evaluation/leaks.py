@@ -5,8 +5,9 @@ original frame and on the product's masked frame; a face it finds in the masked 
 a face it found in the original is a leak. Judge detections are linked into tracks across frames so that a
 person exposed in a single frame of a clip is counted as a leaked person, not diluted by the frame count.
 
-Judge detections in the masked frame that overlap no original face are reported separately
-(`masked_frame_faces`): they are the judge reacting to the mask itself, not exposed people.
+Only judge detections in the masked frame whose centre still shows original pixels count
+(`showing_original`): the judge reads a solid oval on a body as a face, and paint exposes nobody. Those that
+overlap no original face are reported separately (`masked_frame_faces`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mask.config import EdgeConfig
-from edge_mask.evaluation.metrics import ClipLeaks, summarize_clip
+from edge_mask.evaluation.metrics import ClipLeaks, showing_original, summarize_clip
 from edge_mask.evaluation.pipeline import EVAL_DEADLINE_MS, build_detector, iter_video, new_masker, video_raw_frame
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def evaluate_clip(
             fail_closed += int(masked.fail_closed)
             if index % every:
                 continue
-            pairs.append((judge.detect(image).boxes, judge.detect(masked.image).boxes))
+            seen = judge.detect(masked.image).boxes
+            pairs.append((judge.detect(image).boxes, seen[showing_original(image, masked.image, seen)]))
     finally:
         masker.close()
     summary = summarize_clip(path.name, pairs, iou=LEAK_IOU)

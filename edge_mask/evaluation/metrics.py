@@ -129,6 +129,29 @@ def leaked_in_frame(original: Any, masked: Any, iou: float = 0.3) -> BoolMask:
     return result
 
 
+def showing_original(before: Any, after: Any, boxes: Any, min_share: float = 0.25) -> BoolMask:
+    """For each judge box found in the masked frame `after`: does its centre still show the original?
+
+    The judge reads a solid oval on a body as a face (score up to 0.87 on the press clip), and such a
+    "face" exposes nobody: every pixel of it is paint. A detection counts as showing the person only when at
+    least `min_share` of the pixels in the central half of its box (half the width, half the height) are
+    byte-identical to the original frame `before`. Masks replace every pixel they cover (solid fill, noise
+    on pixelate and blur), so a face with any visible part of its centre still counts.
+    """
+    boxes = as_boxes(boxes)
+    flags = np.zeros((len(boxes),), np.bool_)
+    height, width = before.shape[:2]
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        w, h = x2 - x1, y2 - y1
+        cx1, cy1 = int(max(0, x1 + w / 4)), int(max(0, y1 + h / 4))
+        cx2, cy2 = int(min(width, np.ceil(x2 - w / 4))), int(min(height, np.ceil(y2 - h / 4)))
+        if cx2 <= cx1 or cy2 <= cy1:
+            continue
+        same = np.all(before[cy1:cy2, cx1:cx2] == after[cy1:cy2, cx1:cx2], axis=2)
+        flags[i] = float(same.mean()) >= min_share
+    return flags
+
+
 @dataclass
 class Track:
     """One face followed through a clip by the judge; `leaked_frames` lists frames where it leaked."""
