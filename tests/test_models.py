@@ -18,7 +18,6 @@ import pytest
 from edge_mask.cli import main
 from edge_mask.config import EdgeConfig, ModelsConfig
 from edge_mask.errors import ModelError
-from edge_mask.quantize import quantize_model
 from edge_mask.models import (
     check_cached,
     fetch,
@@ -27,6 +26,7 @@ from edge_mask.models import (
     resolve_model,
     sha256_file,
 )
+from edge_mask.quantize import quantize_model
 
 FP32_SHA = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 DYNAMIC_SHA = "daede24002cc8590f457998cc5e6c9e8b82f45f6bd969506a8913cd4ed10a2d3"
