@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_mask import __version__
-from edge_mask.errors import UserError
+from edge_mask.core.errors import UserError
 
 log = logging.getLogger("edge_mask")
 

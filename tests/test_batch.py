@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_mask.capture.files import encode_image, expand_inputs, output_path
 from edge_mask.cli import main
 from edge_mask.config import ModelsConfig
-from edge_mask.media import encode_image, expand_inputs, output_path
 
 SECRET = b"GPS 51.5007N 0.1246W patient-jane-doe"
 

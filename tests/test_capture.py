@@ -21,8 +21,8 @@ from edge_mask.capture import opencv as opencv_backend
 from edge_mask.capture.loop import Backoff
 from edge_mask.capture.opencv import has_gstreamer, source_kind
 from edge_mask.config import OpenCVCameraConfig, Picamera2CameraConfig, SyntheticCameraConfig
-from edge_mask.errors import CameraError
-from edge_mask.types import RawFrame
+from edge_mask.core.errors import CameraError
+from edge_mask.core.types import RawFrame
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_mask.config import EdgeConfig, OpenCVCameraConfig, load_config
-from edge_mask.errors import ConfigError
+from edge_mask.core.errors import ConfigError
 
 GOOD = 'device_id = "cam-1"\n'
 

@@ -2,7 +2,7 @@
 
 Real photos, real onnxruntime YuNet (the project's int8 model and the fp32 one), the product's default mask
 geometry. The fill colour is magenta, rare in photos, so "pixel equals the fill colour" cannot flatter the
-figure (see edge_mask.evaluation.metrics.masked_pixels). The per-face figures are printed and written to
+figure (see edge_mask.tools.evaluation.metrics.masked_pixels). The per-face figures are printed and written to
 REPO/.cache/reports/coverage-<model>.json.
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_mask.capture.files import read_image
 from edge_mask.config import MaskConfig, ModelsConfig, OnnxDetectorConfig, TrackerConfig
+from edge_mask.core.types import RawFrame
 from edge_mask.detect import create_detector
-from edge_mask.engine import FaceMasker
-from edge_mask.evaluation.metrics import box_coverage, masked_pixels
-from edge_mask.media import read_image
-from edge_mask.types import RawFrame
+from edge_mask.mask.engine import FaceMasker
+from edge_mask.tools.evaluation.metrics import box_coverage, masked_pixels
 
 MAGENTA = (255, 0, 255)
 REQUIRED = 0.90

@@ -79,7 +79,7 @@ def test_demo_refuses_a_non_empty_out_dir(tmp_path: Path) -> None:
 
 def test_default_source_falls_back_to_a_synthetic_pattern(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the shared clip and without a working camera 0 the demo says it uses a synthetic pattern."""
-    from edge_mask import demo
+    from edge_mask.tools import demo
 
     monkeypatch.setattr(demo, "DEFAULT_CLIP", Path("/nonexistent/clip.mp4"))
     monkeypatch.setattr(demo, "_camera_zero_works", lambda: False)

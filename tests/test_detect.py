@@ -15,19 +15,11 @@ import numpy as np
 import pytest
 
 from edge_mask.config import ModelsConfig, OnnxDetectorConfig, OpenCVYuNetDetectorConfig
-from edge_mask.detect import (
-    DETECTORS,
-    create_detector,
-    decode,
-    iou_matrix,
-    make_blob,
-    nms,
-    plan_input,
-    postprocess,
-    resolve_providers,
-)
-from edge_mask.errors import ConfigError, UserError
-from edge_mask.types import Detections
+from edge_mask.core.boxes import iou_matrix
+from edge_mask.core.errors import ConfigError, UserError
+from edge_mask.core.types import Detections
+from edge_mask.detect import DETECTORS, create_detector, make_blob, plan_input, resolve_providers
+from edge_mask.detect.yunet import decode, nms, postprocess
 
 # ------------------------------------------------------------------------------------- synthetic / unit
 

@@ -22,7 +22,7 @@ from support.broker import Broker, free_port, mosquitto_broker  # noqa: F401
 from support.fleet import make_fleet
 
 from edge_mask.cli import main
-from edge_mask.doctor import Check, run_checks
+from edge_mask.service.doctor import Check, run_checks
 
 
 def write_config(tmp_path: Path, shared_dir: Path, broker: Broker, **overrides: Any) -> Path:

@@ -28,9 +28,9 @@ from support.broker import RECEIVER_USER, Broker, mosquitto_broker  # noqa: F401
 from support.fleet import Fleet, make_fleet, masked_clip, masker_config
 
 from edge_mask.config import OpenCVCameraConfig, SpoolConfig, UplinkConfig
-from edge_mask.receiver import Receiver
-from edge_mask.spool import open_spool
-from edge_mask.uplink import MqttUplink
+from edge_mask.receiver.receiver import Receiver
+from edge_mask.uplink.mqtt_uplink import MqttUplink
+from edge_mask.uplink.spool import open_spool
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 300

@@ -1,6 +1,6 @@
 """JPEG encoders: only masked frames go in, decodable JPEGs of the same size come out, and `auto` picks
 TurboJPEG when it loads and OpenCV otherwise. Frames are real frames of the shared clip, masked by
-edge_mask.mask (fixed boxes: detection is not under test)."""
+edge_mask.mask.paint (fixed boxes: detection is not under test)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from edge_mask.config import EncodeConfig, MaskConfig
-from edge_mask.encode import ENCODERS, OpenCVEncoder, create_encoder
-from edge_mask.errors import ConfigError, UserError
-from edge_mask.mask import Painter, mask_faces
-from edge_mask.types import MaskedFrame, RawFrame
+from edge_mask.core.errors import ConfigError, UserError
+from edge_mask.core.types import MaskedFrame, RawFrame
+from edge_mask.mask.paint import Painter, mask_faces
+from edge_mask.seal.encode import ENCODERS, OpenCVEncoder, create_encoder
 
 
 def _turbo_available() -> bool:

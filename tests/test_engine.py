@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from edge_mask.config import MaskConfig, TrackerConfig
-from edge_mask.engine import FaceMasker
-from edge_mask.types import Detections, Image, RawFrame
+from edge_mask.core.types import Detections, Image, RawFrame
+from edge_mask.mask.engine import FaceMasker
 
 H, W = 120, 160
 FACE = np.array([[60, 40, 100, 90]], np.float32)

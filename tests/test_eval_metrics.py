@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_mask.errors import UserError
-from edge_mask.evaluation.detect_eval import load_ground_truth
-from edge_mask.evaluation.metrics import (
+from edge_mask.core.errors import UserError
+from edge_mask.core.types import Detections
+from edge_mask.tools.evaluation.detect_eval import load_ground_truth
+from edge_mask.tools.evaluation.metrics import (
     TrackLinker,
     box_coverage,
     false_positive_regions,
@@ -27,8 +28,7 @@ from edge_mask.evaluation.metrics import (
     showing_original,
     summarize_clip,
 )
-from edge_mask.evaluation.reid import deface_default, probe_labels
-from edge_mask.types import Detections
+from edge_mask.tools.evaluation.reid import deface_default, probe_labels
 
 FACE_A = [10, 10, 50, 50]
 FACE_B = [100, 20, 140, 60]

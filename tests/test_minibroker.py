@@ -21,9 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_mask import pki
-from edge_mask.minibroker import MiniBroker
-from edge_mask.minibroker_codec import topic_matches, valid_filter
+from edge_mask.provision import pki
+from edge_mask.tools.minibroker import MiniBroker
+from edge_mask.tools.minibroker_codec import topic_matches, valid_filter
 
 RECEIVER = "cloud-receiver"
 

@@ -17,16 +17,17 @@ import pytest
 
 from edge_mask.cli import main
 from edge_mask.config import EdgeConfig, ModelsConfig
-from edge_mask.errors import ModelError
-from edge_mask.models import (
+from edge_mask.core.errors import ModelError
+from edge_mask.detect.models import (
     check_cached,
     fetch,
     load_manifest,
     parity_report_path,
-    resolve_model,
     sha256_file,
 )
-from edge_mask.quantize import quantize_model
+from edge_mask.detect.precision import resolve_model
+from edge_mask.provision.download import read_url
+from edge_mask.tools.quantize import quantize_model
 
 FP32_SHA = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 DYNAMIC_SHA = "daede24002cc8590f457998cc5e6c9e8b82f45f6bd969506a8913cd4ed10a2d3"
@@ -53,10 +54,10 @@ def test_fetch_from_folder_verifies_and_is_idempotent(tmp_path: Path, shared_dir
     models = ModelsConfig(cache_dir=tmp_path / "cache")
     entry = manifest.get("yunet-fp32")
     # only the --from folder: the manifest's own sources are URLs (offline) and ../shared/models
-    path = fetch(entry, models, manifest, extra_sources=[shared_dir / "models"], network=False)
+    path = fetch(entry, models, manifest, extra_sources=[shared_dir / "models"])
     assert path == tmp_path / "cache" / entry.file and sha256_file(path) == FP32_SHA
     mtime = path.stat().st_mtime_ns
-    assert fetch(entry, models, manifest, network=False) == path and path.stat().st_mtime_ns == mtime
+    assert fetch(entry, models, manifest) == path and path.stat().st_mtime_ns == mtime
     assert check_cached(entry, models, manifest) == (True, "ok")
     assert sorted(p.name for p in path.parent.iterdir()) == [entry.file]  # no temp files left
 
@@ -71,7 +72,7 @@ def test_fetch_refuses_a_sha_mismatch(tmp_path: Path, shared_dir: Path) -> None:
     (bad / entry.file).write_bytes(bytes(data))
     models = ModelsConfig(cache_dir=tmp_path / "cache")
     with pytest.raises(ModelError, match=r"sha256 mismatch for face_detection_yunet_2023mar\.onnx .*refused") as info:
-        fetch(entry, models, manifest, extra_sources=[bad], network=False)
+        fetch(entry, models, manifest, extra_sources=[bad])
     assert "\n" not in info.value.message
     assert not (tmp_path / "cache" / entry.file).exists()
     assert list((tmp_path / "cache").iterdir()) == []
@@ -79,7 +80,7 @@ def test_fetch_refuses_a_sha_mismatch(tmp_path: Path, shared_dir: Path) -> None:
     (tmp_path / "cache" / entry.file).write_bytes(bytes(data))
     ok, state = check_cached(entry, models, manifest)
     assert not ok and state.startswith("sha256 mismatch")
-    fetch(entry, models, manifest, extra_sources=[bad, shared_dir / "models"], network=False)
+    fetch(entry, models, manifest, extra_sources=[bad, shared_dir / "models"])
     assert sha256_file(tmp_path / "cache" / entry.file) == FP32_SHA
 
 
@@ -116,16 +117,16 @@ def test_fetch_over_http(tmp_path: Path, shared_dir: Path, http_root: tuple[Path
 
     missing = replace(entry, sources=(f"{base}/nothing-here.onnx",))
     with pytest.raises(ModelError, match=r"cannot fetch model 'yunet-fp32-dynamic'.*nothing-here.onnx: HTTP 404"):
-        fetch(missing, models, manifest)
+        fetch(missing, models, manifest, opener=read_url)
 
     tampered = replace(entry, sources=(f"{base}/tampered.onnx",))
     with pytest.raises(ModelError, match="sha256 mismatch"):
-        fetch(tampered, models, manifest)
+        fetch(tampered, models, manifest, opener=read_url)
     assert not (tmp_path / "cache" / entry.file).exists()
 
     # the first source fails its hash, the second (the upstream-like URL) is taken
     good = replace(entry, sources=(f"{base}/tampered.onnx", f"{base}/good.onnx"))
-    path = fetch(good, models, manifest)
+    path = fetch(good, models, manifest, opener=read_url)
     assert sha256_file(path) == DYNAMIC_SHA
 
 
@@ -135,7 +136,7 @@ def test_resolve_model(model_cache: ModelsConfig, tmp_path: Path, caplog: pytest
     assert resolve_model("yunet-fp32-dynamic", model_cache, "int8") == cache / "yunet-int8.onnx"
     assert resolve_model("yunet-int8", model_cache, "int8") == cache / "yunet-int8.onnx"
     assert resolve_model("yunet-fp32", model_cache, "fp32") == cache / "face_detection_yunet_2023mar.onnx"
-    with caplog.at_level(logging.INFO, logger="edge_mask.models"):
+    with caplog.at_level(logging.INFO, logger="edge_mask.detect.precision"):
         chosen = resolve_model("yunet-int8", model_cache, "auto", threads=1)
     assert chosen in (cache / "yunet-int8.onnx", cache / "face_detection_yunet_2023mar_dynamic.onnx")
     # Either timed now or remembered from an earlier start on this machine (both logs name the choice).
@@ -154,7 +155,7 @@ def test_resolve_model(model_cache: ModelsConfig, tmp_path: Path, caplog: pytest
 def test_auto_choice_is_remembered_until_the_setup_changes(
     model_cache: ModelsConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge_mask import models
+    from edge_mask.detect import precision as models
 
     cache = Path(model_cache.cache_dir)
     int8 = Path(shutil.copy(cache / "yunet-int8.onnx", tmp_path / "yunet-int8.onnx"))

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge_mask import pki
-from edge_mask.errors import KeyMaterialError
+from edge_mask.core.errors import KeyMaterialError
+from edge_mask.provision import pki
 
 
 def _mode(path: Path) -> int:

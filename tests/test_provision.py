@@ -16,9 +16,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_mask import keys, pki
 from edge_mask.cli import main
 from edge_mask.config import EdgeConfig, ReceiverConfig, load_config
+from edge_mask.provision import pki
+from edge_mask.seal import keys
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 

@@ -20,8 +20,8 @@ import pytest
 from support.fleet import Fleet, make_fleet, masked_clip, masker_config
 
 from edge_mask.cli import main as cli_main
-from edge_mask.receiver import Receiver, topic_device
-from edge_mask.wire import split_message
+from edge_mask.receiver.receiver import Receiver, topic_device
+from edge_mask.seal.wire import split_message
 
 TOPIC = "edge-mask/dev1/frames"
 BIG = 1 << 20
@@ -118,8 +118,13 @@ def flip(message: bytes, index: int) -> bytes:
 def test_tampering_forgery_and_wrong_keys_are_rejected_with_their_reason(
     fleet: Fleet, receiver: Receiver, sealed: list[Any], clip: list[Any], tmp_path: Path
 ) -> None:
-    from edge_mask.keys import generate_recipient, generate_signing_key, load_recipient_public_key, load_signing_key
-    from edge_mask.seal import Sealer
+    from edge_mask.seal.keys import (
+        generate_recipient,
+        generate_signing_key,
+        load_recipient_public_key,
+        load_signing_key,
+    )
+    from edge_mask.seal.sealer import Sealer
 
     message = sealed[0].message
     outcomes = {

@@ -1,7 +1,7 @@
 """Sealing and opening: round trips on real masked frames, every tamper and forgery case, the device's
 inability to decrypt, the published test vector, and fuzzing of the Opener and the Reassembler.
 
-Frames are real frames of ../shared/data/video/short_hamilton_clip.mp4 masked by edge_mask.mask (the only
+Frames are real frames of ../shared/data/video/short_hamilton_clip.mp4 masked by edge_mask.mask.paint (the only
 way to get a MaskedFrame); the boxes are fixed because detection is not what is tested here.
 """
 
@@ -25,12 +25,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_mask.config import MaskConfig
-from edge_mask.errors import MessageError
-from edge_mask.keys import Enrollment, RecipientPrivateKey, RecipientPublicKey
-from edge_mask.mask import Painter, mask_faces, mask_whole_frame
-from edge_mask.seal import Opener, Sealer, hpke_suite
-from edge_mask.types import MaskedFrame, RawFrame
-from edge_mask.wire import SIGNATURE_LEN, FrameHeader, Reassembler, join_message, split_message, split_parts
+from edge_mask.core.errors import MessageError
+from edge_mask.core.types import MaskedFrame, RawFrame
+from edge_mask.mask.paint import Painter, mask_faces, mask_whole_frame
+from edge_mask.seal.keys import Enrollment, RecipientPrivateKey, RecipientPublicKey
+from edge_mask.seal.sealer import Opener, Sealer, hpke_suite
+from edge_mask.seal.wire import SIGNATURE_LEN, FrameHeader, Reassembler, join_message, split_message, split_parts
 
 REPO = Path(__file__).resolve().parents[1]
 VECTOR = json.loads((REPO / "tests" / "vectors" / "seal_v1.json").read_text())
@@ -384,7 +384,7 @@ def test_thousands_of_mutated_messages_are_all_rejected(keys: Keys, sealed: list
 
 def test_seal_benchmark_reports_each_size_and_aead(shared_data: Path) -> None:
     """The benchmark's figures come from `edge-mask bench`; here only its shape and that sealed bytes flow."""
-    from edge_mask.seal_bench import bench_seal, read_clip
+    from edge_mask.tools.seal_bench import bench_seal, read_clip
 
     seen: list[int] = []
     report = bench_seal(

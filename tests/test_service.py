@@ -36,10 +36,10 @@ from support.fleet import Fleet, make_fleet
 
 from edge_mask.capture.opencv import OpenCVCamera
 from edge_mask.config import EdgeConfig, OpenCVCameraConfig, SpoolConfig, validate_config
-from edge_mask.errors import CameraError
-from edge_mask.queues import LatestQueue
-from edge_mask.service import Service
-from edge_mask.types import RawFrame
+from edge_mask.core.errors import CameraError
+from edge_mask.core.types import RawFrame
+from edge_mask.service.live import Service
+from edge_mask.service.queues import LatestQueue
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
 
 
 def notifier_for(sock: NotifySocket) -> Any:
-    from edge_mask.notify import Notifier
+    from edge_mask.service.notify import Notifier
 
     return Notifier({"NOTIFY_SOCKET": str(sock.path), "WATCHDOG_USEC": "2000000"})
 
@@ -156,7 +156,7 @@ def wait_until(predicate: Any, timeout: float, what: str, detail: Any = None) ->
 
 
 def spooled_seqs(path: Path) -> list[int]:
-    from edge_mask.spool import open_spool
+    from edge_mask.uplink.spool import open_spool
 
     spool = open_spool(SpoolConfig(path=path))
     try:
@@ -221,8 +221,8 @@ def test_latest_raw_frame_wins() -> None:
 def test_clip_as_camera_through_tls_broker_to_receiver(
     shared_dir: Path, mosquitto_broker: Broker, tmp_path: Path, notify_socket: NotifySocket  # noqa: F811
 ) -> None:
-    from edge_mask.evaluation.judge import CenterFaceJudge
-    from edge_mask.receiver import Receiver
+    from edge_mask.receiver.receiver import Receiver
+    from edge_mask.tools.evaluation.judge import CenterFaceJudge
 
     fleet = make_fleet(tmp_path / "fleet", devices=("dev1",))
     settings = with_broker(device_settings(shared_dir, fleet, tmp_path, fps=30.0), mosquitto_broker)
@@ -409,9 +409,9 @@ def test_hung_detector_fails_closed_and_stops_the_watchdog(
     """The masker's detector deadline turns a hung detector into fully masked frames (never raw ones);
     the service withholds WATCHDOG=1 because no frame with a working detection flows any more."""
     from edge_mask.detect import create_detector
-    from edge_mask.engine import FaceMasker
-    from edge_mask.keys import load_device_registry, load_recipient_private_key
-    from edge_mask.seal import Opener
+    from edge_mask.mask.engine import FaceMasker
+    from edge_mask.seal.keys import load_device_registry, load_recipient_private_key
+    from edge_mask.seal.sealer import Opener
 
     fleet = make_fleet(tmp_path / "fleet", devices=("dev1",))
     settings = device_settings(shared_dir, fleet, tmp_path, fps=30.0, loop=True)
@@ -434,7 +434,7 @@ def test_hung_detector_fails_closed_and_stops_the_watchdog(
         thread.join(15)
     assert not thread.is_alive() and result["rc"] == 0
     opener = Opener(load_recipient_private_key(fleet.recipient_key), load_device_registry(fleet.devices_dir))
-    from edge_mask.spool import open_spool
+    from edge_mask.uplink.spool import open_spool
 
     spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
     records = spool.pending(limit=100000)
@@ -450,7 +450,7 @@ def test_hung_detector_fails_closed_and_stops_the_watchdog(
 def test_hung_detector_stops_the_watchdog_and_leaks_no_frame(
     shared_dir: Path, tmp_path: Path, notify_socket: NotifySocket
 ) -> None:
-    from edge_mask.engine import build_masker
+    from edge_mask.mask.engine import build_masker
 
     fleet = make_fleet(tmp_path / "fleet", devices=("dev1",))
     settings = device_settings(shared_dir, fleet, tmp_path, fps=30.0, loop=True)
@@ -483,7 +483,7 @@ def test_reload_applies_mask_settings_and_names_what_needs_a_restart(shared_dir:
     path = tmp_path / "edge.toml"
     path.write_text(to_toml(settings))
     service = Service(validate_config(settings, EdgeConfig), config_path=path)
-    from edge_mask.engine import build_masker
+    from edge_mask.mask.engine import build_masker
 
     service._masker = build_masker(service.cfg)
     try:
@@ -508,7 +508,7 @@ def test_reload_applies_mask_settings_and_names_what_needs_a_restart(shared_dir:
 def test_sigterm_mid_stream_loses_no_spooled_frame(
     shared_dir: Path, mosquitto_broker: Broker, tmp_path: Path, notify_socket: NotifySocket  # noqa: F811
 ) -> None:
-    from edge_mask.receiver import Receiver
+    from edge_mask.receiver.receiver import Receiver
 
     fleet = make_fleet(tmp_path / "fleet", devices=("dev1",))
     settings = with_broker(device_settings(shared_dir, fleet, tmp_path, fps=30.0, loop=True), mosquitto_broker)

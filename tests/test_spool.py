@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from edge_mask.config import SpoolConfig
-from edge_mask.errors import UserError
-from edge_mask.spool import SqliteSpool, open_spool
+from edge_mask.core.errors import UserError
+from edge_mask.uplink.spool import SqliteSpool, open_spool
 
 
 @dataclass(frozen=True)
 class Sealed:
-    """The fields of edge_mask.seal.SealedFrame that the spool reads."""
+    """The fields of edge_mask.seal.sealer.SealedFrame that the spool reads."""
 
     device_id: str
     stream_id: bytes
@@ -104,7 +104,7 @@ def test_second_process_cannot_open_the_same_spool(tmp_path: Path) -> None:
     cfg = SpoolConfig(path=tmp_path / "spool")
     spool = open_spool(cfg)
     code = (
-        "from edge_mask.spool import open_spool\nfrom edge_mask.config import SpoolConfig\n"
+        "from edge_mask.uplink.spool import open_spool\nfrom edge_mask.config import SpoolConfig\n"
         f"open_spool(SpoolConfig(path={str(cfg.path)!r}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -153,7 +153,7 @@ WRITER = textwrap.dedent(
     import hashlib, sys
     from dataclasses import dataclass
     from edge_mask.config import SpoolConfig
-    from edge_mask.spool import open_spool
+    from edge_mask.uplink.spool import open_spool
 
     @dataclass
     class S:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_mask.notify import Notifier
+from edge_mask.service.notify import Notifier
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edge-mask.service"
 ANALYZE = shutil.which("systemd-analyze")

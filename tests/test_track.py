@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edge_mask.config import MaskConfig, TrackerConfig
-from edge_mask.mask import head_regions
-from edge_mask.track import Tracker, box_iou, grow, match
+from edge_mask.mask.paint import head_regions
+from edge_mask.mask.track import Tracker, box_iou, grow, match
 
 FPS = 30.0
 

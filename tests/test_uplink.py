@@ -20,10 +20,10 @@ import pytest
 from support.broker import RECEIVER_USER, Broker, mosquitto_broker  # noqa: F401
 
 from edge_mask.config import BrokerConfig, SpoolConfig, TLSConfig, UplinkConfig
-from edge_mask.mqtt import Backoff, connect, make_client
-from edge_mask.spool import Spool, open_spool
-from edge_mask.uplink import MqttUplink
-from edge_mask.wire import Reassembler
+from edge_mask.seal.wire import Reassembler
+from edge_mask.uplink.mqtt import Backoff, connect, make_client
+from edge_mask.uplink.mqtt_uplink import MqttUplink
+from edge_mask.uplink.spool import Spool, open_spool
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ def test_backoff_grows_with_jitter_and_resets() -> None:
 
 
 def test_broker_config_for_plain_tcp_is_rejected_when_tls_files_are_missing(tmp_path: Path) -> None:
-    from edge_mask.errors import KeyMaterialError
+    from edge_mask.core.errors import KeyMaterialError
 
     cfg = BrokerConfig(tls=TLSConfig(ca=tmp_path / "ca.crt", cert=tmp_path / "d.crt", key=tmp_path / "d.key"))
     spool = open_spool(SpoolConfig(path=tmp_path / "spool"))

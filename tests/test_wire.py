@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_mask.errors import MessageError
-from edge_mask.wire import (
+from edge_mask.core.errors import MessageError
+from edge_mask.seal.wire import (
     CHUNK_HEADER_LEN,
     FIXED_LEN,
     FrameHeader,

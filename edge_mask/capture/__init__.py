@@ -5,57 +5,19 @@ about surviving faults (unplugged cables, "frontend has timed out", silent stall
 in `CaptureLoop` (edge_mask/capture/loop.py): retries with exponential backoff that never spin the CPU,
 a stall detector that abandons a read stuck inside a driver, and a `health()` the service publishes.
 
-Capture produces `RawFrame`s only and knows nothing of masking, sealing or the network (enforced by
-tests/test_architecture.py). Backends do their heavy imports (picamera2) inside their factories.
+Rule: capture/ produces `RawFrame`s only and imports only the ground (core/, config/): never detect/,
+mask/, seal/, uplink/, service/ or tools/ (tests/test_architecture.py). Backends do their heavy imports
+(picamera2) inside their factories. `files.py` is the one reader of video files and photos, used by batch
+masking, evaluation, benchmarks, quantization, the demo and the tests.
+
+Add a camera: a module here with a `@CAMERAS.register("name")` factory, a config class in
+`config/stages.py` added to `CameraConfig`, and its name in the import below.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Protocol
-
-from edge_mask.config import CameraConfig
-from edge_mask.registry import Registry
-from edge_mask.types import Image
-
-
-class Camera(Protocol):
-    """A source of BGR images.
-
-    `open()` acquires the device (raises CameraError when it cannot); `read()` blocks until the next
-    image and returns it, returns None at the end of a finite source (a file without `loop`), and raises
-    (CameraError or OSError) on a fault; `close()` releases the device and must be safe to call twice
-    and from another thread (the stall detector calls it to unblock a stuck read).
-    """
-
-    name: str
-
-    def open(self) -> None: ...
-
-    def read(self) -> Image | None: ...
-
-    def close(self) -> None: ...
-
-
-CAMERAS: Registry[Camera] = Registry("camera")
-
-# Backend modules register themselves on import; they import no hardware library at module level.
-for _module in ("opencv", "picamera2", "synthetic"):
-    importlib.import_module(f"edge_mask.capture.{_module}")
-
-
-def create_camera(cfg: CameraConfig) -> Camera:
-    """Build the backend named by `cfg.type` without opening it."""
-    return CAMERAS.create(cfg)
-
-
-def open_camera(cfg: CameraConfig) -> Camera:
-    """Build and open the configured camera; raises CameraError naming the device and the fix."""
-    camera = create_camera(cfg)
-    camera.open()
-    return camera
-
-
-from edge_mask.capture.loop import CaptureHealth, CaptureLoop  # noqa: E402  (needs Camera defined first)
+from edge_mask.capture import opencv as _opencv  # noqa: F401  (backends register on import)
+from edge_mask.capture import picamera2 as _picamera2  # noqa: F401
+from edge_mask.capture import synthetic as _synthetic  # noqa: F401
+from edge_mask.capture.base import CAMERAS, Camera, create_camera, open_camera
+from edge_mask.capture.loop import CaptureHealth, CaptureLoop
 
 __all__ = ["CAMERAS", "Camera", "CaptureHealth", "CaptureLoop", "create_camera", "open_camera"]

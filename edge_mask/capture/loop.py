@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from edge_mask.types import RawFrame
+from edge_mask.core.types import RawFrame
 
 if TYPE_CHECKING:
-    from edge_mask.capture import Camera
+    from edge_mask.capture.base import Camera
 
 log = logging.getLogger(__name__)
 

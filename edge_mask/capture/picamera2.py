@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_mask.capture import CAMERAS, Camera
+from edge_mask.capture.base import CAMERAS, Camera
 from edge_mask.config import Picamera2CameraConfig
-from edge_mask.errors import CameraError
-from edge_mask.types import Image
+from edge_mask.core.errors import CameraError
+from edge_mask.core.types import Image
 
 log = logging.getLogger(__name__)
 

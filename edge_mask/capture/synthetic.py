@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 
-from edge_mask.capture import CAMERAS, Camera
+from edge_mask.capture.base import CAMERAS, Camera
 from edge_mask.config import SyntheticCameraConfig
-from edge_mask.errors import CameraError
-from edge_mask.types import Image
+from edge_mask.core.errors import CameraError
+from edge_mask.core.types import Image
 
 
 class SyntheticCamera:

@@ -38,9 +38,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_mask.bench import run_bench
-    from edge_mask.engine import build_masker
-    from edge_mask.errors import UserError
+    from edge_mask.core.errors import UserError
+    from edge_mask.mask import build_masker
+    from edge_mask.tools.bench import run_bench
 
     if args.source == "compare":
         from edge_mask.commands.eval import bench_compare
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.clip is not None:
         raise UserError(f"unexpected CLIP {args.clip!r}: only `edge-mask bench compare CLIP` takes a second argument")
     if args.live:
-        from edge_mask.bench_live import live_command
+        from edge_mask.tools.bench_live import live_command
 
         return live_command(args)
     if (args.width is None) != (args.height is None):
@@ -85,11 +85,11 @@ def _bench_transport(args: argparse.Namespace) -> int:
     import tempfile
 
     from edge_mask.config import SpoolConfig
-    from edge_mask.errors import UserError
+    from edge_mask.core.errors import UserError
 
     clip = _default_clip(args.clip)
     if args.source == "uplink":
-        from edge_mask.uplink_bench import run_uplink_bench
+        from edge_mask.tools.uplink_bench import run_uplink_bench
 
         width, height = args.width or 640, args.height or 480
         report: dict[str, Any] = run_uplink_bench(frames=args.frames * 2, width=width, height=height, video=clip)
@@ -98,8 +98,8 @@ def _bench_transport(args: argparse.Namespace) -> int:
                  f"{report['frames']} acked, {report['mbit_per_s']} Mbit/s), spool put mean "
                  f"{report['spool_put_ms_mean']} ms p99 {report['spool_put_ms_p99']} ms; target >= 60 frames/s"]
     else:
-        from edge_mask.seal_bench import bench_seal, read_clip
-        from edge_mask.spool import open_spool
+        from edge_mask.tools.seal_bench import bench_seal, read_clip
+        from edge_mask.uplink import open_spool
 
         if clip is None:
             raise UserError("bench seal needs a clip: pass one (e.g. `edge-mask bench seal clip.mp4`)")

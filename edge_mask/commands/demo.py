@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_mask.demo import run_demo
+    from edge_mask.tools.demo import run_demo
 
     def say(message: str) -> None:
         print(f"demo: {message}", file=sys.stderr if args.json else sys.stdout, flush=True)

@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge_mask.config import EdgeConfig, load_config
-    from edge_mask.doctor import run_checks
+    from edge_mask.service import run_checks
 
     cfg = load_config(args.config, EdgeConfig)
     results = run_checks(cfg, tuple(args.only) if args.only else None)

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge_mask.errors import UserError
+from edge_mask.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def _common(parser: argparse.ArgumentParser, with_json: bool = True) -> None:
 
 
 def _cfg(args: argparse.Namespace) -> Any:
-    from edge_mask.evaluation.pipeline import eval_config, with_detector, with_mask
+    from edge_mask.tools.evaluation.pipeline import eval_config, with_detector, with_mask
 
     cfg = eval_config(args.config, args.model_cache)
     if args.style:
@@ -95,13 +95,13 @@ def _floats(text: str, what: str) -> list[float]:
 
 
 def _shared() -> Path:
-    from edge_mask.evaluation.report import default_shared
+    from edge_mask.tools.evaluation.report import default_shared
 
     return default_shared()
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    from edge_mask.evaluation.detect_eval import evaluate_detection
+    from edge_mask.tools.evaluation.detect_eval import evaluate_detection
 
     result = evaluate_detection(args.gt, _cfg(args), _floats(args.thresholds, "--thresholds"), args.iou)
     if args.json:
@@ -119,7 +119,7 @@ def run_detect(args: argparse.Namespace) -> int:
 
 
 def run_leaks(args: argparse.Namespace) -> int:
-    from edge_mask.evaluation.leaks import evaluate_leaks
+    from edge_mask.tools.evaluation.leaks import evaluate_leaks
 
     if args.every < 1:
         raise UserError("--every must be at least 1")
@@ -135,7 +135,7 @@ def run_leaks(args: argparse.Namespace) -> int:
 
 
 def run_reid(args: argparse.Namespace) -> int:
-    from edge_mask.evaluation.reid import evaluate_reid
+    from edge_mask.tools.evaluation.reid import evaluate_reid
 
     data = args.data or _shared() / "data" / "identities"
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
@@ -154,7 +154,7 @@ def run_reid(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from edge_mask.evaluation.report import collect, write_report
+    from edge_mask.tools.evaluation.report import collect, write_report
 
     assets = args.assets or args.out.parent / "eval"
     if args.from_json:
@@ -188,7 +188,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def bench_compare(args: argparse.Namespace) -> int:
     """`edge-mask bench compare [CLIP]`: deface vs `edge-mask mask`, same clip, same cores, several rounds."""
-    from edge_mask.evaluation.compare import run_compare
+    from edge_mask.tools.evaluation.compare import run_compare
 
     clip = Path(args.clip) if getattr(args, "clip", None) else _shared() / "data" / "video" / "short_hamilton_clip.mp4"
     extra = ["--config", str(args.config)] if getattr(args, "config", None) else []

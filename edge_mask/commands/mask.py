@@ -48,8 +48,8 @@ def batch_config(config: Path | None, style: str | None, threshold: float | None
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_mask.batch import run_batch
-    from edge_mask.engine import build_masker
+    from edge_mask.mask import build_masker
+    from edge_mask.service import run_batch
 
     cfg = batch_config(args.config, args.style, args.threshold)
     bar = None if args.no_progress else ProgressBar(sys.stderr)

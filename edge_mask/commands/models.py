@@ -66,7 +66,7 @@ def _models_config(args: argparse.Namespace) -> Any:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from edge_mask.models import check_cached, load_manifest
+    from edge_mask.detect import check_cached, load_manifest
 
     models, manifest = _models_config(args), load_manifest()
     rows = []
@@ -84,7 +84,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from edge_mask.models import check_cached, load_manifest
+    from edge_mask.detect import check_cached, load_manifest
 
     models, manifest = _models_config(args), load_manifest()
     bad = 0
@@ -98,19 +98,21 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from edge_mask.models import fetch, load_manifest
+    from edge_mask.detect import fetch, load_manifest
+    from edge_mask.provision import read_url
 
     models, manifest = _models_config(args), load_manifest()
     ids = args.models or [e.id for e in manifest.models.values() if e.precision == "fp32"]
     for model_id in ids:
-        path = fetch(manifest.get(model_id), models, manifest, extra_sources=args.sources, network=not args.offline)
+        path = fetch(manifest.get(model_id), models, manifest, extra_sources=args.sources,
+                     opener=None if args.offline else read_url)
         print(f"{model_id}: {path} (sha256 verified)")
     return 0
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from edge_mask.models import cache_path, load_manifest, resolve_model
-    from edge_mask.quantize import DEFAULT_FORMATS, quantize_model
+    from edge_mask.detect import cache_path, load_manifest, resolve_model
+    from edge_mask.tools.quantize import DEFAULT_FORMATS, quantize_model
 
     models = _models_config(args)
     source = resolve_model(args.source, models, "fp32")

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge_mask.config import ReceiverConfig, load_config
-    from edge_mask.errors import UserError
+    from edge_mask.core.errors import UserError
     from edge_mask.receiver import Receiver
 
     if args.max_frames is not None and args.max_frames <= 0:

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 def check_files(cfg: Any) -> None:
     """The key and certificate files the config names must exist (contents are checked by `doctor`)."""
-    from edge_mask.errors import ConfigError
+    from edge_mask.core.errors import ConfigError
 
     named = {
         "seal.recipient_public_key": cfg.seal.recipient_public_key,

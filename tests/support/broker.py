@@ -1,6 +1,6 @@
 """A real Mosquitto for tests: TLS with client certificates, identity as username, per-device ACL.
 
-The CA, certificates, ACL and mosquitto.conf come from `edge_mask.pki`, i.e. the same files
+The CA, certificates, ACL and mosquitto.conf come from `edge_mask.provision.pki`, i.e. the same files
 `edge-mask provision broker` writes, so the tests exercise the production broker setup.
 
 Why a real broker: the properties under test (QoS 1 acknowledgements, ACL refusals, LWT, shared
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_mask import pki
 from edge_mask.config import BrokerConfig, TLSConfig
+from edge_mask.provision import pki
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 RECEIVER_USER = "cloud-receiver"
@@ -65,7 +65,7 @@ class Broker:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def _conf(self) -> str:
-        """The production broker config from `edge_mask.pki`, plus subscription logging for the tests."""
+        """The production broker config from `edge_mask.provision.pki`, plus subscription logging for the tests."""
         conf = pki.render_mosquitto_conf(
             port=self.port,
             cafile=self.ca.cert_path,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from edge_mask.config import EdgeConfig
-    from edge_mask.seal import SealedFrame
+    from edge_mask.seal.sealer import SealedFrame
 
 
 def main() -> int:
@@ -31,8 +31,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from edge_mask.config import EdgeConfig, OpenCVCameraConfig, load_config
-    from edge_mask.spool import open_spool
-    from edge_mask.uplink import MqttUplink
+    from edge_mask.uplink.mqtt_uplink import MqttUplink
+    from edge_mask.uplink.spool import open_spool
 
     cfg = load_config(args.config, EdgeConfig)
     spool = open_spool(cfg.spool)
@@ -56,11 +56,11 @@ def seal_clip(cfg: EdgeConfig, source: str, frames: int) -> Iterator[SealedFrame
     """Yield `frames` sealed frames from a video file (looping), masked by the project's masker."""
     import cv2
 
-    from edge_mask.encode import create_encoder
-    from edge_mask.engine import build_masker
-    from edge_mask.keys import load_recipient_public_key, load_signing_key
-    from edge_mask.seal import Sealer
-    from edge_mask.types import RawFrame
+    from edge_mask.core.types import RawFrame
+    from edge_mask.mask.engine import build_masker
+    from edge_mask.seal.encode import create_encoder
+    from edge_mask.seal.keys import load_recipient_public_key, load_signing_key
+    from edge_mask.seal.sealer import Sealer
 
     masker = build_masker(cfg)
     encoder = create_encoder(cfg.encode)

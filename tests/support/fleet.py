@@ -2,7 +2,7 @@
 
 `make_fleet` writes what provisioning would: the recipient key pair, one Ed25519 signing key and one
 enrollment record per device. `masked_clip` runs frames of a real video through the project's masker
-(`edge_mask.engine.build_masker`) and JPEG encoder, so sealed test messages carry real masked pixels.
+(`edge_mask.mask.engine.build_masker`) and JPEG encoder, so sealed test messages carry real masked pixels.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ class Fleet:
     signing_keys: dict[str, Path] = field(default_factory=dict)
 
     def sealer(self, device_id: str, stream_id: bytes | None = None, aead: str = "chacha20-poly1305") -> Any:
-        from edge_mask.keys import load_recipient_public_key, load_signing_key
-        from edge_mask.seal import Sealer
+        from edge_mask.seal.keys import load_recipient_public_key, load_signing_key
+        from edge_mask.seal.sealer import Sealer
 
         return Sealer(
             device_id,
@@ -55,7 +55,7 @@ def make_fleet(
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
-    from edge_mask.keys import Enrollment, generate_recipient, generate_signing_key
+    from edge_mask.seal.keys import Enrollment, generate_recipient, generate_signing_key
 
     directory.mkdir(parents=True, exist_ok=True)
     priv, pub = generate_recipient(directory / "cloud")
@@ -91,9 +91,9 @@ def masked_clip(cfg: EdgeConfig, frames: int, step: int = 1) -> Iterator[tuple[A
 
     import cv2
 
-    from edge_mask.encode import create_encoder
-    from edge_mask.engine import build_masker
-    from edge_mask.types import RawFrame
+    from edge_mask.core.types import RawFrame
+    from edge_mask.mask.engine import build_masker
+    from edge_mask.seal.encode import create_encoder
 
     masker = build_masker(cfg)
     encoder = create_encoder(cfg.encode)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edge_mask.config import ModelsConfig
-from edge_mask.models import check_cached, fetch, load_manifest
+from edge_mask.detect.models import check_cached, fetch, load_manifest
 
 FP32_IDS = ("yunet-fp32", "yunet-fp32-dynamic")
 INT8_ID = "yunet-int8"
@@ -44,12 +44,12 @@ def ensure_model_cache(cache_dir: Path, shared: Path, with_int8: bool = True) ->
     manifest = load_manifest()
     with _locked(cache_dir / ".lock"):
         for model_id in FP32_IDS:
-            fetch(manifest.get(model_id), models, manifest, network=False)
+            fetch(manifest.get(model_id), models, manifest)
         if with_int8:
             entry = manifest.get(INT8_ID)
             ok, _ = check_cached(entry, models, manifest)
             if not ok:
-                from edge_mask.quantize import quantize_model
+                from edge_mask.tools.quantize import quantize_model
 
                 source = cache_dir / manifest.get(FP32_IDS[1]).file
                 quantize_model(

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_mask.keys import key_id
-from edge_mask.seal import hpke_suite, pack_plaintext
-from edge_mask.wire import FrameHeader, join_message
+from edge_mask.seal.keys import key_id
+from edge_mask.seal.sealer import hpke_suite, pack_plaintext
+from edge_mask.seal.wire import FrameHeader, join_message
 
 HERE = Path(__file__).resolve().parent
 RAW = serialization.Encoding.Raw

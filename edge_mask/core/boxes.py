@@ -1,0 +1,27 @@
+"""Box arithmetic shared by detection, tracking and evaluation: the one IoU.
+
+Ground room: numpy only, no I/O. Boxes are (N, 4) arrays of x1 y1 x2 y2 in pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+def iou_matrix(a: Any, b: Any) -> npt.NDArray[np.float32]:
+    """Pairwise intersection-over-union of x1 y1 x2 y2 boxes, shape (len(a), len(b))."""
+    a = np.asarray(a, np.float32).reshape(-1, 4)
+    b = np.asarray(b, np.float32).reshape(-1, 4)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), np.float32)
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    result: npt.NDArray[np.float32] = (inter / np.maximum(union, 1e-9)).astype(np.float32)
+    return result

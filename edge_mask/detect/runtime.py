@@ -1,0 +1,64 @@
+"""onnxruntime sessions: provider names, threads, no spinning. onnxruntime is imported only when a
+session is opened, so importing this module costs nothing on a machine without it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from edge_mask.core.errors import ModelError, UserError
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+
+
+def resolve_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
+    """Map provider names (or the aliases cpu/cuda/tensorrt) to onnxruntime names; refuse missing ones.
+
+    CPU is always appended as the fallback onnxruntime needs for operators a GPU provider lacks.
+    """
+    names = [PROVIDER_ALIASES.get(p.lower(), p) for p in requested] or ["CPUExecutionProvider"]
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise UserError(
+            f"detector.providers: {', '.join(missing)} not available in this onnxruntime; "
+            f"available: {', '.join(available)}"
+        )
+    if "CPUExecutionProvider" not in names:
+        names.append("CPUExecutionProvider")
+    return names
+
+
+def open_session(path: Any, threads: int, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
+    """An onnxruntime session with `threads` intra-op threads (0 = onnxruntime's default)."""
+    import onnxruntime as ort
+
+    chosen = resolve_providers(providers, ort.get_available_providers())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # No busy-waiting between operators: on a 2-core device capture, masking and encoding run beside the
+    # detector, and spinning intra-op threads steal the cores they need (worse latency under contention).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+        raise ModelError(
+            f"{path}: onnxruntime cannot load this model ({exc}); re-run 'edge-mask models fetch'"
+        ) from exc
+
+
+def fixed_input_size(session: Any) -> tuple[int, int] | None:
+    """(width, height) when the model's input has a fixed spatial size, None when it is dynamic."""
+    shape = session.get_inputs()[0].shape
+    height, width = shape[2], shape[3]
+    if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
+        return (width, height)
+    return None

@@ -1,0 +1,228 @@
+"""The face masker: detector + tracker + painter, with a deadline, failing closed.
+
+Why a dedicated detector thread: a detector can raise, be slow, or hang inside native code where no Python
+timeout reaches. Running it on its own thread lets `process` wait with a timeout and move on. While a
+previous call is still running (a hang), new frames are not queued behind it: they fail closed at once as
+`detector_busy`, so the pipeline keeps its frame rate and never waits on a stuck detector.
+
+Fail-closed means: whatever goes wrong (detector error, deadline missed, detector busy, a bug in tracking
+or painting) the frame comes back fully masked (`mask.on_failure = "mask_frame"`) or not at all
+(`"drop"`), and the reason is counted. There is no path that returns the raw pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from edge_mask.config import EdgeConfig, MaskConfig, TrackerConfig
+from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
+from edge_mask.detect import Detector, create_detector
+from edge_mask.mask.paint import Painter, mask_faces, mask_whole_frame
+from edge_mask.mask.track import Tracker
+
+log = logging.getLogger(__name__)
+
+FAIL_REASONS = ("detector_error", "detector_timeout", "detector_busy", "mask_error")
+STAGES = ("detect", "track", "mask")
+SAMPLES = 4096
+"""Latency samples kept per stage (a sliding window) for percentiles in stats and the benchmark."""
+
+
+class _Call:
+    """One detection request handed to the detector thread."""
+
+    __slots__ = ("done", "error", "image", "result")
+
+    def __init__(self, image: Image) -> None:
+        self.image: Image | None = image
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class DetectorThread:
+    """Runs `detector.detect` on one daemon thread; at most one call in flight."""
+
+    def __init__(self, detector: Detector) -> None:
+        self.detector = detector
+        self._lock = threading.Lock()
+        self._pending: _Call | None = None
+        self._wake = threading.Condition(self._lock)
+        self._busy = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="edge-mask-detector", daemon=True)
+        self._thread.start()
+
+    def submit(self, image: Image) -> _Call | None:
+        """Start detection on `image`; None when the previous call has not finished (detector busy)."""
+        with self._lock:
+            if self._busy or self._closed:
+                return None
+            call = _Call(image)
+            self._busy = True
+            self._pending = call
+            self._wake.notify()
+            return call
+
+    def close(self, timeout: float = 1.0) -> None:
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("detector thread still busy at close; leaving it (daemon) behind")
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                call, self._pending = self._pending, None
+            assert call is not None
+            try:
+                assert call.image is not None
+                call.result = self.detector.detect(call.image)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, which logs and fails closed
+                call.error = exc
+            finally:
+                call.image = None
+                with self._lock:
+                    self._busy = False
+                call.done.set()
+
+
+class FaceMasker:
+    """Turns every `RawFrame` into a `MaskedFrame` (or None when failures drop frames)."""
+
+    def __init__(self, detector: Detector, tracker: TrackerConfig, mask: MaskConfig, deadline_ms: float) -> None:
+        self.detector = detector
+        self.mask_cfg = mask
+        self.deadline_s = deadline_ms / 1000.0
+        self._tracker = Tracker(tracker)
+        self._painter = Painter(mask)
+        self._thread = DetectorThread(detector)
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {
+            "frames": 0, "faces_detected": 0, "faces_masked": 0, "faces_held": 0, "dropped": 0,
+            **{f"fail_closed_{r}": 0 for r in FAIL_REASONS},
+        }
+        self._samples: dict[str, deque[float]] = {s: deque(maxlen=SAMPLES) for s in STAGES}
+
+    # ---------------------------------------------------------------------------------------------- API
+
+    def process(self, frame: RawFrame) -> MaskedFrame | None:
+        """Mask one frame. Fails closed on any detector or masking failure (see module docstring)."""
+        with self._lock:
+            self._counts["frames"] += 1
+        started = time.perf_counter()
+        call = self._thread.submit(frame.image)
+        if call is None:
+            return self._fail(frame, "detector_busy")
+        if not call.done.wait(self.deadline_s):
+            log.warning("frame %d: detector missed its %.0f ms deadline; frame fails closed",
+                        frame.seq, self.deadline_s * 1000)
+            return self._fail(frame, "detector_timeout")
+        detected = time.perf_counter()
+        if call.error is not None or not isinstance(call.result, Detections):
+            what = repr(call.error) if call.error is not None else f"returned {type(call.result).__name__}"
+            log.warning("frame %d: detector failed (%s); frame fails closed", frame.seq, what)
+            return self._fail(frame, "detector_error")
+        found: Detections = call.result
+        try:
+            result = self._tracker.update(found.boxes, frame.monotonic)
+            tracked = time.perf_counter()
+            masked = mask_faces(frame, result.regions, found.landmarks, self._painter)
+        except Exception:
+            log.exception("frame %d: tracking or masking failed; frame fails closed", frame.seq)
+            return self._fail(frame, "mask_error")
+        done = time.perf_counter()
+        with self._lock:
+            self._counts["faces_detected"] += result.detected
+            self._counts["faces_held"] += result.held
+            self._counts["faces_masked"] += len(result.regions)
+            self._samples["detect"].append(detected - started)
+            self._samples["track"].append(tracked - detected)
+            self._samples["mask"].append(done - tracked)
+        return masked
+
+    def warm_up(self, width: int, height: int) -> None:
+        """Run the detector once on a blank frame of this size, without a deadline.
+
+        The first inference at a new input size allocates buffers and can take many times longer than
+        the rest; calling this before a stream starts keeps that first frame from failing closed.
+        """
+        call = self._thread.submit(np.zeros((height, width, 3), np.uint8))
+        if call is not None:
+            call.done.wait(max(30.0, self.deadline_s))
+
+    def reconfigure(self, tracker: TrackerConfig | None = None, mask: MaskConfig | None = None) -> None:
+        """Apply new tracker/mask settings between frames, keeping the tracked faces (no gap at the switch).
+
+        Each attribute swap is atomic, so a frame in progress finishes with either the old or new settings.
+        """
+        if tracker is not None:
+            self._tracker.cfg = tracker
+        if mask is not None:
+            self._painter = Painter(mask)
+            self.mask_cfg = mask
+
+    def reset(self) -> None:
+        """Forget tracked faces (the next frame starts a new stream); counters are kept."""
+        self._tracker.reset()
+
+    def stats(self) -> dict[str, float | int]:
+        """Counters and per-stage latency percentiles (ms) over the recent window."""
+        with self._lock:
+            out: dict[str, float | int] = dict(self._counts)
+            samples = {s: list(v) for s, v in self._samples.items()}
+        out["fail_closed"] = sum(int(out[f"fail_closed_{r}"]) for r in FAIL_REASONS)
+        for stage, values in samples.items():
+            p50, p99 = percentiles(values)
+            out[f"{stage}_ms_p50"] = round(p50 * 1000, 3)
+            out[f"{stage}_ms_p99"] = round(p99 * 1000, 3)
+        return out
+
+    def latency_samples(self) -> dict[str, list[float]]:
+        """Raw per-stage latencies in seconds (successful frames only), for the benchmark."""
+        with self._lock:
+            return {s: list(v) for s, v in self._samples.items()}
+
+    def close(self) -> None:
+        """Stop the detector thread and release the detector."""
+        self._thread.close()
+        self.detector.close()
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    def _fail(self, frame: RawFrame, reason: str) -> MaskedFrame | None:
+        with self._lock:
+            self._counts[f"fail_closed_{reason}"] += 1
+            if self.mask_cfg.on_failure == "drop":
+                self._counts["dropped"] += 1
+        if self.mask_cfg.on_failure == "drop":
+            return None
+        return mask_whole_frame(frame, self.mask_cfg.color)
+
+
+def percentiles(values: Iterable[float]) -> tuple[float, float]:
+    """(p50, p99) of the values, (0, 0) when there are none."""
+    array = np.fromiter(values, np.float64)
+    if array.size == 0:
+        return 0.0, 0.0
+    p50, p99 = np.percentile(array, [50, 99])
+    return float(p50), float(p99)
+
+
+def build_masker(cfg: EdgeConfig) -> FaceMasker:
+    """Detector from the config's detector and models sections, wrapped with its tracker and mask settings."""
+    detector = create_detector(cfg.detector, cfg.models)
+    return FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms)

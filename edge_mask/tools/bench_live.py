@@ -1,0 +1,224 @@
+"""`edge-mask bench --live`: a clip played as a 30 fps camera through the whole service to a local broker.
+
+Reports what the issue's targets are stated in: end-to-end latency from capture to the broker's PUBACK
+(p50/p99, from the service's own per-frame timing of spool acks), the capture -> spooled latency, frames
+dropped by reason (no drops is the 1280x720 target), and CPU use as process CPU time / wall time over the
+measured window (100% = one core; Mosquitto runs in its own process and is not counted).
+
+Why a private plain-TCP Mosquitto on an ephemeral loopback port: the benchmark must be runnable on a bare
+dev box or device without certificates, and it measures the device, not TLS to a remote broker. A warm-up
+(model load, first frames, broker connect) is excluded from every figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_mask.config import EdgeConfig, validate_config
+from edge_mask.core.errors import UserError
+from edge_mask.service.metrics import percentile
+
+log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalMosquitto:
+    """A throw-away plain-TCP broker on 127.0.0.1 (never port 1883)."""
+
+    def __init__(self, directory: Path) -> None:
+        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+        if exe is None:
+            raise UserError("bench --live needs a local broker: install mosquitto (apt install mosquitto)")
+        self.port = _free_port()
+        conf = directory / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                        "max_queued_messages 100000\n")
+        self._proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self._proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        self.stop()
+        raise UserError(f"mosquitto did not start on 127.0.0.1:{self.port}; run it by hand to see why")
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+
+
+def run_live_bench(
+    clip: Path,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    fps: float = 30.0,
+    seconds: float = 20.0,
+    warmup_s: float = 3.0,
+    detector: dict[str, Any] | None = None,
+    models_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the service on `clip` (looping, at `fps`) for `seconds` after warm-up; returns the figures."""
+    from edge_mask.seal.keys import generate_recipient, generate_signing_key
+    from edge_mask.service.live import Service
+
+    if not Path(clip).is_file():
+        raise UserError(f"--clip {clip}: no such video file")
+    with tempfile.TemporaryDirectory(prefix="edge-mask-bench-") as tmp:
+        work = Path(tmp)
+        _, recipient_pub = generate_recipient(work / "cloud")
+        generate_signing_key(work / "device-signing.key")
+        broker = LocalMosquitto(work)
+        try:
+            camera: dict[str, Any] = {"type": "opencv", "source": str(clip), "loop": True, "fps": fps}
+            if width and height:
+                camera.update(width=width, height=height)
+            settings: dict[str, Any] = {
+                "device_id": "bench",
+                "camera": camera,
+                "seal": {"recipient_public_key": str(recipient_pub), "signing_key": str(work / "device-signing.key")},
+                "spool": {"path": str(work / "spool")},
+                "uplink": {"broker": {"host": "127.0.0.1", "port": broker.port}, "stats_interval_s": 3600.0},
+                "service": {"stall_s": 30.0},
+            }
+            if detector:
+                settings["detector"] = detector
+            if models_dir:
+                settings["models"] = {"cache_dir": str(models_dir)}
+            cfg = validate_config(settings, EdgeConfig)
+            return _measure(Service(cfg), seconds, warmup_s, cfg)
+        finally:
+            broker.stop()
+
+
+def _measure(service: Any, seconds: float, warmup_s: float, cfg: EdgeConfig) -> dict[str, Any]:
+    result: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("rc", service.run()), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 180
+        while not service.ready:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise UserError("bench --live: the service never spooled a frame; run `edge-mask doctor` first")
+            time.sleep(0.05)
+        time.sleep(warmup_s)
+        start = _mark(service)
+        time.sleep(seconds)
+        end = _mark(service)
+    finally:
+        service.request_stop()
+        thread.join(10)
+    m = service.metrics
+    acked = _since(m.acked_latency, end["acked_n"] - start["acked_n"])
+    spooled = _since(m.spooled_latency, end["spooled_n"] - start["spooled_n"])
+    wall = end["wall"] - start["wall"]
+    dropped = {k: end["dropped"].get(k, 0) - start["dropped"].get(k, 0) for k in end["dropped"]}
+    camera = cfg.camera
+    return {
+        "resolution": _resolution(camera),
+        "target_fps": getattr(camera, "fps", None),
+        "seconds": round(wall, 1),
+        "frames_captured": end["captured"] - start["captured"],
+        "frames_spooled": end["spooled"] - start["spooled"],
+        "frames_acked": len(acked),
+        "fps": round((end["spooled"] - start["spooled"]) / wall, 2) if wall else 0.0,
+        "dropped": {k: v for k, v in dropped.items() if v},
+        "latency_capture_to_acked_p50_ms": _ms(percentile(acked, 50)),
+        "latency_capture_to_acked_p99_ms": _ms(percentile(acked, 99)),
+        "latency_capture_to_spooled_p50_ms": _ms(percentile(spooled, 50)),
+        "latency_capture_to_spooled_p99_ms": _ms(percentile(spooled, 99)),
+        "cpu_percent_of_one_core": round(100.0 * (end["cpu"] - start["cpu"]) / wall, 1) if wall else 0.0,
+        "cores": os.cpu_count(),
+    }
+
+
+def _resolution(camera: Any) -> str:
+    width, height = getattr(camera, "width", None), getattr(camera, "height", None)
+    return f"{width}x{height}" if width and height else "native"
+
+
+def _mark(service: Any) -> dict[str, Any]:
+    snap = service.metrics.snapshot()
+    times = os.times()
+    return {
+        "wall": time.monotonic(),
+        "cpu": times.user + times.system,
+        "captured": snap["frames_captured"],
+        "spooled": snap["frames_spooled"],
+        "dropped": dict(snap["dropped"]),
+        "acked_n": service.metrics.acked_latency.count,
+        "spooled_n": service.metrics.spooled_latency.count,
+    }
+
+
+def _since(window: Any, new: int) -> list[float]:
+    """The latencies added in the measured window (the window keeps the last 2048: enough for ~60 s)."""
+    return window.values()[-new:] if new > 0 else []
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable lines for the CLI."""
+    lines = [
+        f"live: {report['resolution']} @ {report['target_fps']:g} fps target, {report['seconds']} s measured "
+        f"({report['cores']} cores)",
+        f"  frames: {report['frames_captured']} captured, {report['frames_spooled']} spooled, "
+        f"{report['frames_acked']} acked by the broker, {report['fps']} fps end to end",
+        f"  dropped: {report['dropped'] or 'none'}",
+        f"  latency capture->broker ack: p50 {report['latency_capture_to_acked_p50_ms']} ms, "
+        f"p99 {report['latency_capture_to_acked_p99_ms']} ms",
+        f"  latency capture->spooled:    p50 {report['latency_capture_to_spooled_p50_ms']} ms, "
+        f"p99 {report['latency_capture_to_spooled_p99_ms']} ms",
+        f"  CPU: {report['cpu_percent_of_one_core']}% of one core (process time / wall; broker not counted)",
+    ]
+    return "\n".join(lines)
+
+
+def live_command(args: Any) -> int:
+    """`edge-mask bench SOURCE --live [--width W --height H] [--config FILE] [--seconds S] [--json]`."""
+    import json
+
+    from edge_mask.config import load_config
+
+    if (args.width is None) != (args.height is None):
+        raise UserError("--width and --height go together; pass both (e.g. --width 640 --height 480) or neither")
+    if args.seconds <= 0:
+        raise UserError(f"--seconds {args.seconds}: pass a positive number of seconds")
+    detector: dict[str, Any] | None = None
+    models_dir: Path | None = None
+    if args.config is not None:
+        cfg = load_config(args.config, EdgeConfig)
+        detector = cfg.detector.model_dump(mode="json")
+        models_dir = cfg.models.cache_dir
+    report = run_live_bench(
+        Path(args.source), width=args.width, height=args.height, seconds=args.seconds,
+        detector=detector, models_dir=models_dir,
+    )
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0

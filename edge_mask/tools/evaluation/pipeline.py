@@ -1,0 +1,130 @@
+"""Running the product's own masker for evaluation.
+
+Why this exists: every figure in the report must come from the same code path the device runs
+(`edge_mask.mask.engine.FaceMasker` with the configured detector, tracker and mask), not from a re-implementation.
+The only evaluation-specific choices live here, in one place, so the report can state them:
+
+* the detector deadline is generous by default (`EVAL_DEADLINE_MS`): on a shared machine a missed deadline
+  masks the whole frame, which is safe but would hide detector misses and flatter coverage. Fail-closed
+  frames are still counted and reported.
+* still images get a fresh masker each (no tracker state carried from one photo to the next), while the
+  detector is built once per setting and shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from edge_mask.config import EdgeConfig, load_config, validate_config
+from edge_mask.core.errors import UserError
+from edge_mask.core.types import Image, RawFrame
+
+if TYPE_CHECKING:
+    from edge_mask.core.types import MaskedFrame
+    from edge_mask.detect import Detector
+
+log = logging.getLogger(__name__)
+
+EVAL_DEADLINE_MS = 5000.0
+COVERAGE_COLOR = (255, 0, 255)
+"""Magenta fill for coverage measurement: rare in photos, so "pixel equals the fill" cannot flatter."""
+
+
+def eval_config(config: Path | None = None, model_cache: Path | None = None) -> EdgeConfig:
+    """The device config to evaluate (defaults when no file is given); `model_cache` overrides the cache."""
+    cfg = load_config(config) if config is not None else validate_config({"device_id": "eval"}, EdgeConfig)
+    if model_cache is not None:
+        cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"cache_dir": model_cache})})
+    return cfg
+
+
+def with_detector(cfg: EdgeConfig, **changes: Any) -> EdgeConfig:
+    return cfg.model_copy(update={"detector": cfg.detector.model_copy(update=changes)})
+
+
+def with_mask(cfg: EdgeConfig, **changes: Any) -> EdgeConfig:
+    return cfg.model_copy(update={"mask": cfg.mask.model_copy(update=changes)})
+
+
+class SharedDetector:
+    """Lets several maskers use one detector; `close()` from a masker is ignored, `release()` closes it."""
+
+    def __init__(self, inner: Detector) -> None:
+        self.inner = inner
+
+    def detect(self, image: Image) -> Any:
+        return self.inner.detect(image)
+
+    def close(self) -> None:
+        """Ignored: the owner calls `release()`."""
+
+    def release(self) -> None:
+        self.inner.close()
+
+
+def build_detector(cfg: EdgeConfig) -> SharedDetector:
+    from edge_mask.detect import create_detector
+
+    return SharedDetector(create_detector(cfg.detector, cfg.models))
+
+
+def new_masker(cfg: EdgeConfig, detector: SharedDetector, deadline_ms: float = EVAL_DEADLINE_MS) -> Any:
+    """A fresh `FaceMasker` (fresh tracker) over a shared detector."""
+    from edge_mask.mask.engine import FaceMasker
+
+    return FaceMasker(detector, cfg.tracker, cfg.mask, deadline_ms)
+
+
+def mask_still(
+    cfg: EdgeConfig, detector: SharedDetector, image: Image, seq: int = 0, deadline_ms: float = EVAL_DEADLINE_MS
+) -> MaskedFrame | None:
+    """Mask one photo with a fresh masker (fresh tracker); the original array is not modified."""
+    masker = new_masker(cfg, detector, deadline_ms)
+    try:
+        raw = RawFrame(image=image.copy(), seq=seq, captured_at=time.time(), monotonic=time.monotonic())
+        result: MaskedFrame | None = masker.process(raw)
+    finally:
+        masker.close()
+    return result
+
+
+def read_image(path: Path) -> Image:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"{path}: cannot read this image; check the file exists and is a JPEG or PNG")
+    return np.ascontiguousarray(image, np.uint8)
+
+
+def iter_video(path: Path) -> Iterator[tuple[int, float, Image]]:
+    """(index, timestamp in seconds from the file's frame rate, BGR frame) for every frame of a video."""
+    if not path.is_file():
+        raise UserError(f"{path}: video not found; pass an existing video file")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise UserError(f"{path}: cannot open this video; check it is a readable mp4/mkv/avi file")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    try:
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield index, index / fps, np.ascontiguousarray(frame, np.uint8)
+            index += 1
+    finally:
+        capture.release()
+    if index == 0:
+        raise UserError(f"{path}: no frames could be decoded; the file may be corrupt")
+
+
+def video_raw_frame(image: Image, index: int, timestamp: float, start: float) -> RawFrame:
+    """A camera-like frame whose clocks follow the file's timeline, so the tracker's hold time means
+    the same thing as on a live camera at that frame rate."""
+    return RawFrame(image=image.copy(), seq=index, captured_at=start + timestamp, monotonic=start + timestamp)

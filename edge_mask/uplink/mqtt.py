@@ -1,0 +1,120 @@
+"""What the uplink and the receiver share about talking to an MQTT broker.
+
+Both run their own network loop (`client.loop()` in one thread they own) instead of paho's
+`loop_start()`: paho's automatic reconnect waits a fixed exponential delay without jitter, so a fleet of
+cameras that lost the broker together would reconnect together; and owning the loop lets the uplink
+publish from the same thread that handles acknowledgements, with no cross-thread calls into paho.
+
+A fresh paho client is built for every connection attempt, so no state of a dead connection (paho's own
+queue of unacknowledged messages, old message ids) can leak into the next one: the spool is the only
+source of truth for what still has to be sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_mask.config import BrokerConfig
+from edge_mask.core.errors import KeyMaterialError
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Exponential backoff with "full jitter": each wait is uniform in [min, current], current doubling.
+
+    Why jitter: after a broker restart every device retries; spreading the attempts over the window keeps
+    the broker from being hit by the whole fleet in the same instant, again and again.
+    """
+
+    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.min_s = min_s
+        self.max_s = max(max_s, min_s)
+        self._current = min_s
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        delay = self._rng.uniform(self.min_s, self._current)
+        self._current = min(self.max_s, self._current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._current = self.min_s
+
+
+def check_tls_files(broker: BrokerConfig, what: str) -> None:
+    """Fail at start with the file to fix, not with an SSL error at every reconnect."""
+    if broker.tls is None:
+        return
+    for name in ("ca", "cert", "key"):
+        path = Path(getattr(broker.tls, name))
+        if not path.is_file():
+            raise KeyMaterialError(
+                f"{what}.broker.tls.{name} = {path}: file not found; provision it or fix the path"
+            )
+
+
+def make_client(
+    broker: BrokerConfig,
+    client_id: str,
+    *,
+    persistent_session: bool = False,
+    will: tuple[str, bytes] | None = None,
+    max_inflight: int = 20,
+) -> mqtt.Client:
+    """A paho client (callback API version 2) for one connection attempt, with TLS when configured."""
+    v5 = broker.protocol == "5"
+    kwargs: dict[str, Any] = {
+        "callback_api_version": CallbackAPIVersion.VERSION2,
+        "client_id": client_id,
+        "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+    }
+    if not v5:
+        kwargs["clean_session"] = not persistent_session
+    client = mqtt.Client(**kwargs)
+    client.connect_timeout = broker.connect_timeout_s
+    client.max_inflight_messages_set(max_inflight)
+    client.max_queued_messages_set(0)
+    if broker.tls is not None:
+        client.tls_set(
+            ca_certs=str(broker.tls.ca),
+            certfile=str(broker.tls.cert),
+            keyfile=str(broker.tls.key),
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    return client
+
+
+def connect(client: mqtt.Client, broker: BrokerConfig, *, persistent_session: bool, session_expiry_s: int) -> None:
+    """Open the socket and send CONNECT; the caller runs the loop until CONNACK. Raises OSError on failure."""
+    if broker.protocol == "5":
+        props: Properties | None = None
+        if persistent_session:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = session_expiry_s
+        client.connect(
+            broker.host,
+            broker.port,
+            keepalive=broker.keepalive_s,
+            clean_start=not persistent_session,
+            properties=props,
+        )
+    else:
+        client.connect(broker.host, broker.port, keepalive=broker.keepalive_s)
+
+
+def reason_failed(reason_code: Any) -> bool:
+    """True for an MQTT 5 failure reason code (>= 0x80); MQTT 3.1.1 acks are always successes in paho."""
+    return bool(getattr(reason_code, "is_failure", False))
