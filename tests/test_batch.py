@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_mask.capture.files import encode_image, expand_inputs, output_path
+from edge_mask.capture import VideoReader, read_image
 from edge_mask.cli import main
 from edge_mask.config import ModelsConfig
+from edge_mask.service.outputs import encode_image, expand_inputs, output_path
 
 SECRET = b"GPS 51.5007N 0.1246W patient-jane-doe"
 
@@ -47,13 +48,9 @@ def inputs(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     photo = (shared_data / "faces-dlib" / "2008_004176.jpg").read_bytes()
     (folder / "patient-jane-doe.jpg").write_bytes(with_exif(photo, SECRET))
     shutil.copy(shared_data / "video" / "asl" / "eat.mkv", folder / "patient-john-roe.mkv")
-    cap = cv2.VideoCapture(str(shared_data / "video" / "asl" / "hungry.mkv"))
-    frames = []
-    for _ in range(8):
-        ok, image = cap.read()
-        assert ok
-        frames.append(cv2.cvtColor(cv2.resize(image, (320, 240)), cv2.COLOR_BGR2RGB))
-    cap.release()
+    with VideoReader(shared_data / "video" / "asl" / "hungry.mkv", max_frames=8) as reader:
+        frames = [cv2.cvtColor(cv2.resize(image, (320, 240)), cv2.COLOR_BGR2RGB) for image in reader]
+    assert len(frames) == 8
     import imageio.v3 as iio
 
     iio.imwrite(folder / "ward-round.gif", np.stack(frames), duration=100, loop=0)
@@ -91,24 +88,19 @@ def test_batch_masks_photos_and_videos_and_reports_bad_inputs(
 
     assert sorted(p.name for p in outdir.iterdir()) == ["patient-jane-doe.jpg", "patient-john-roe.mp4",
                                                           "ward-round.mp4"]
-    photo = cv2.imread(str(outdir / "patient-jane-doe.jpg"))
-    original = cv2.imread(str(inputs / "patient-jane-doe.jpg"))
+    photo = read_image(outdir / "patient-jane-doe.jpg")
+    original = read_image(inputs / "patient-jane-doe.jpg")
     assert photo.shape == original.shape
     assert np.mean(np.abs(photo.astype(int) - original.astype(int))) > 1, "the photo was masked"
 
     for name, source, frames, fps in (("patient-john-roe.mp4", "patient-john-roe.mkv", 47, 30.0),
                                       ("ward-round.mp4", "ward-round.gif", 8, 10.0)):
-        out = cv2.VideoCapture(str(outdir / name))
-        src = cv2.VideoCapture(str(inputs / source))
-        assert out.get(cv2.CAP_PROP_FRAME_WIDTH) == src.get(cv2.CAP_PROP_FRAME_WIDTH)
-        assert out.get(cv2.CAP_PROP_FRAME_HEIGHT) == src.get(cv2.CAP_PROP_FRAME_HEIGHT)
-        assert out.get(cv2.CAP_PROP_FPS) == pytest.approx(fps, rel=0.01)
-        count = 0
-        while out.read()[0]:
-            count += 1
+        with VideoReader(outdir / name) as out, VideoReader(inputs / source) as src:
+            assert out.info.width == src.info.width
+            assert out.info.height == src.info.height
+            assert out.info.fps == pytest.approx(fps, rel=0.01)
+            count = sum(1 for _ in out)
         assert count == frames
-        out.release()
-        src.release()
 
 
 def test_outputs_carry_no_metadata_or_original_names(

@@ -18,9 +18,9 @@ import pytest
 
 from edge_mask.capture import CAMERAS, CaptureLoop, create_camera, open_camera
 from edge_mask.capture import opencv as opencv_backend
-from edge_mask.capture.loop import Backoff
 from edge_mask.capture.opencv import has_gstreamer, source_kind
 from edge_mask.config import OpenCVCameraConfig, Picamera2CameraConfig, SyntheticCameraConfig
+from edge_mask.core.backoff import Backoff
 from edge_mask.core.errors import CameraError
 from edge_mask.core.types import RawFrame
 

@@ -148,3 +148,22 @@ def test_check_config_exit_codes_and_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "seal.signing_key" in result.stderr and "file not found" in result.stderr
+
+
+def test_batch_config_needs_no_device_and_ignores_device_sections(tmp_path: Path) -> None:
+    """`edge-mask mask --config` validates only what the masker reads; unknown keys are still errors."""
+    from edge_mask.commands.mask import batch_config
+
+    plain = tmp_path / "batch.toml"
+    plain.write_text("[detector]\nthreshold = 0.4\n[mask]\nstyle = 'pixelate'\n")
+    cfg = batch_config(plain, style=None, threshold=None)
+    assert (cfg.detector.threshold, cfg.mask.style) == (0.4, "pixelate")
+    device = tmp_path / "device.toml"
+    device.write_text("device_id = 'cam-1'\n[camera]\nsource = '/dev/video0'\n[uplink]\ninflight = 4\n"
+                      "[tracker]\nhold_s = 2.0\n")
+    assert batch_config(device, style="blur", threshold=None).tracker.hold_s == 2.0
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[mask]\nstyel = 'blur'\n[cameraa]\nfps = 3\n")
+    with pytest.raises(ConfigError) as err:
+        batch_config(typo, style=None, threshold=None)
+    assert "unknown key 'mask.styel'" in str(err.value) and "unknown key 'cameraa'" in str(err.value)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_mask.capture.files import read_image
+from edge_mask.capture import read_image
 from edge_mask.config import MaskConfig, ModelsConfig, OnnxDetectorConfig, TrackerConfig
 from edge_mask.core.types import RawFrame
 from edge_mask.detect import create_detector

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_mask.capture import read_image
 from edge_mask.config import ModelsConfig, OnnxDetectorConfig, OpenCVYuNetDetectorConfig
 from edge_mask.core.boxes import iou_matrix
 from edge_mask.core.errors import ConfigError, UserError
@@ -165,7 +166,7 @@ def recall(detector: object, folder: Path, faces: dict[str, np.ndarray]) -> tupl
     best: list[float] = []
     total = 0
     for name, truth in faces.items():
-        image = cv2.imread(str(folder / name))
+        image = read_image(folder / name)
         assert image is not None, name
         found = detector.detect(image)  # type: ignore[attr-defined]
         total += len(found)
@@ -200,7 +201,7 @@ def test_detector_finds_the_annotated_faces(model: str, precision: str, model_ca
 
 
 def test_detections_are_valid_and_downscaling_maps_back(model_cache: ModelsConfig, shared_data: Path) -> None:
-    image = cv2.imread(str(shared_data / "faces-dlib" / "2008_002506.jpg"))
+    image = read_image(shared_data / "faces-dlib" / "2008_002506.jpg")
     big = cv2.resize(image, None, fx=3.0, fy=3.0, interpolation=cv2.INTER_CUBIC)  # 1500x1125
     settings = OnnxDetectorConfig(model="yunet-fp32-dynamic", precision="fp32", detect_width=500)
     detector = create_detector(settings, model_cache)
@@ -216,7 +217,7 @@ def test_detections_are_valid_and_downscaling_maps_back(model_cache: ModelsConfi
 
 
 def test_opencv_backend_agrees_with_onnx(model_cache: ModelsConfig, shared_data: Path) -> None:
-    image = cv2.imread(str(shared_data / "faces-dlib" / "2008_002470.jpg"))
+    image = read_image(shared_data / "faces-dlib" / "2008_002470.jpg")
     onnx = create_detector(OnnxDetectorConfig(model="yunet-fp32", precision="fp32"), model_cache)
     ocv = create_detector(OpenCVYuNetDetectorConfig(model="yunet-fp32"), model_cache)
     a, b = onnx.detect(image), ocv.detect(image)

@@ -32,12 +32,11 @@ TURBO = _turbo_available()
 
 @pytest.fixture(scope="module")
 def frame(shared_data: Path) -> MaskedFrame:
-    import cv2
+    from edge_mask.capture import VideoReader
 
-    cap = cv2.VideoCapture(str(shared_data / "video" / "short_hamilton_clip.mp4"))
-    ok, image = cap.read()
-    cap.release()
-    assert ok
+    with VideoReader(shared_data / "video" / "short_hamilton_clip.mp4") as reader:
+        image = next(iter(reader), None)
+    assert image is not None
     raw = RawFrame(image, seq=0, captured_at=0.0, monotonic=0.0)
     box = np.array([[250, 30, 360, 170]], np.float32)
     return mask_faces(raw, box, np.zeros((1, 5, 2), np.float32), Painter(MaskConfig()))

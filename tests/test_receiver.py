@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from support.fleet import Fleet, make_fleet, masked_clip, masker_config
 
+from edge_mask.capture import VideoReader, read_image
 from edge_mask.cli import main as cli_main
 from edge_mask.receiver.receiver import Receiver, topic_device
 from edge_mask.seal.wire import split_message
@@ -236,16 +237,15 @@ def test_mp4_per_stream(fleet: Fleet, sealed: list[Any], tmp_path: Path) -> None
         assert rx.handle(TOPIC, payload(frame.message)) == "stored"
     rx.store.close()
     (video,) = (tmp_path / "out").rglob("*.mp4")
-    cap = cv2.VideoCapture(str(video))
-    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(sealed)
-    ok, image = cap.read()
-    cap.release()
-    assert ok and image.shape == sealed_shape(rx, sealed)
+    with VideoReader(video) as reader:
+        assert reader.info.frames == len(sealed)
+        image = next(iter(reader), None)
+    assert image is not None and image.shape == sealed_shape(rx, sealed)
 
 
 def sealed_shape(rx: Receiver, sealed: list[Any]) -> tuple[int, int, int]:
     first = next((rx.cfg.output_dir / "dev1" / sealed[0].stream_id.hex() / "frames").glob("*.jpg"))
-    return tuple(cv2.imread(str(first)).shape)  # type: ignore[return-value]
+    return tuple(read_image(first).shape)  # type: ignore[return-value]
 
 
 def test_receive_command_reports_a_missing_key_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

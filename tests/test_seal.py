@@ -39,17 +39,15 @@ REASONS = {"unknown_device", "bad_signature", "wrong_recipient", "tampered", "ma
 
 
 def read_frames(clip: Path, count: int, step: int) -> Iterator[np.ndarray]:
-    import cv2
+    from edge_mask.capture import VideoReader
 
-    cap = cv2.VideoCapture(str(clip))
-    try:
-        for i in range(count * step):
-            ok, image = cap.read()
-            assert ok, f"cannot read frame {i} of {clip}"
+    with VideoReader(clip, max_frames=count * step) as reader:
+        read = 0
+        for i, image in enumerate(reader):
+            read = i + 1
             if i % step == 0:
                 yield image
-    finally:
-        cap.release()
+    assert read == count * step, f"cannot read frame {read} of {clip}"
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ import pytest
 from support.broker import RECEIVER_USER, Broker, free_port, mosquitto_broker  # noqa: F401
 from support.fleet import Fleet, make_fleet
 
+from edge_mask.capture import VideoReader, read_image
 from edge_mask.capture.opencv import OpenCVCamera
 from edge_mask.config import EdgeConfig, OpenCVCameraConfig, SpoolConfig, validate_config
 from edge_mask.core.errors import CameraError
@@ -277,18 +278,12 @@ def test_clip_as_camera_through_tls_broker_to_receiver(
     # Masked: faces the independent judge finds in the original frames are gone in the received ones.
     index = [json.loads(line) for line in next(output.glob("dev1/*/index.jsonl")).read_text().splitlines()]
     stream_dir = next(output.glob("dev1/*"))
-    cap = cv2.VideoCapture(str(shared_dir / "data" / "video" / "short_hamilton_clip.mp4"))
-    originals = []
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        originals.append(image)
-    cap.release()
+    with VideoReader(shared_dir / "data" / "video" / "short_hamilton_clip.mp4") as reader:
+        originals = list(reader)
     judge = CenterFaceJudge(threshold=0.5)
     faces_before = faces_after = 0
     for entry in index[:: max(1, len(index) // 10)]:
-        received = cv2.imdecode(np.frombuffer((stream_dir / entry["file"]).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+        received = read_image(stream_dir / entry["file"])
         before = judge.detect(originals[entry["seq"]])
         after = judge.detect(received)
         faces_before += len(before)
@@ -366,7 +361,6 @@ class HangingMasker:
         self.inner, self.hang_at = inner, hang_at
         self.release = threading.Event()
         self.seen: list[int] = []
-        self.detector = getattr(inner, "detector", None)
 
     def process(self, frame: RawFrame) -> Any:
         self.seen.append(frame.seq)
@@ -378,8 +372,17 @@ class HangingMasker:
     def warm_up(self, width: int, height: int) -> None:
         self.inner.warm_up(width, height)
 
+    def reconfigure(self, tracker: Any = None, mask: Any = None) -> None:
+        self.inner.reconfigure(tracker, mask)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
     def stats(self) -> dict[str, Any]:
         return dict(self.inner.stats())
+
+    def latency_samples(self) -> dict[str, list[float]]:
+        return dict(self.inner.latency_samples())
 
     def close(self) -> None:
         self.inner.close()

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from edge_mask.config import MaskConfig, TrackerConfig
+from edge_mask.core.boxes import iou_matrix as box_iou
 from edge_mask.mask.paint import head_regions
-from edge_mask.mask.track import Tracker, box_iou, grow, match
+from edge_mask.mask.track import Tracker, grow, match
 
 FPS = 30.0
 

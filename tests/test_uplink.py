@@ -20,8 +20,9 @@ import pytest
 from support.broker import RECEIVER_USER, Broker, mosquitto_broker  # noqa: F401
 
 from edge_mask.config import BrokerConfig, SpoolConfig, TLSConfig, UplinkConfig
+from edge_mask.core.backoff import Backoff
 from edge_mask.seal.wire import Reassembler
-from edge_mask.uplink.mqtt import Backoff, connect, make_client
+from edge_mask.uplink.mqtt import connect, make_client
 from edge_mask.uplink.mqtt_uplink import MqttUplink
 from edge_mask.uplink.spool import Spool, open_spool
 

@@ -7,8 +7,9 @@ a stall detector that abandons a read stuck inside a driver, and a `health()` th
 
 Rule: capture/ produces `RawFrame`s only and imports only the ground (core/, config/): never detect/,
 mask/, seal/, uplink/, service/ or tools/ (tests/test_architecture.py). Backends do their heavy imports
-(picamera2) inside their factories. `files.py` is the one reader of video files and photos, used by batch
-masking, evaluation, benchmarks, quantization, the demo and the tests.
+(picamera2) inside their factories. `files.py` is the one reader of video files and photos (`VideoReader`,
+`read_image`), used by batch masking, evaluation, benchmarks, quantization, the demo and the tests; nothing
+else decodes a file with its own `cv2.VideoCapture` loop or `cv2.imread`.
 
 Add a camera: a module here with a `@CAMERAS.register("name")` factory, a config class in
 `config/stages.py` added to `CameraConfig`, and its name in the import below.
@@ -18,6 +19,33 @@ from edge_mask.capture import opencv as _opencv  # noqa: F401  (backends registe
 from edge_mask.capture import picamera2 as _picamera2  # noqa: F401
 from edge_mask.capture import synthetic as _synthetic  # noqa: F401
 from edge_mask.capture.base import CAMERAS, Camera, create_camera, open_camera
+from edge_mask.capture.files import (
+    DEFAULT_FPS,
+    IMAGE_SUFFIXES,
+    MEDIA_SUFFIXES,
+    VIDEO_SUFFIXES,
+    MediaError,
+    VideoInfo,
+    VideoReader,
+    kind_of,
+    read_image,
+)
 from edge_mask.capture.loop import CaptureHealth, CaptureLoop
 
-__all__ = ["CAMERAS", "Camera", "CaptureHealth", "CaptureLoop", "create_camera", "open_camera"]
+__all__ = [
+    "CAMERAS",
+    "DEFAULT_FPS",
+    "IMAGE_SUFFIXES",
+    "MEDIA_SUFFIXES",
+    "VIDEO_SUFFIXES",
+    "Camera",
+    "CaptureHealth",
+    "CaptureLoop",
+    "MediaError",
+    "VideoInfo",
+    "VideoReader",
+    "create_camera",
+    "kind_of",
+    "open_camera",
+    "read_image",
+]

@@ -1,18 +1,20 @@
-"""Reading photos and videos, and writing masked outputs that carry no metadata.
+"""The one reader of video files and photos: `VideoReader` for videos, `read_image` for photos.
 
-Why re-encode instead of copying containers: a photo's EXIF can hold GPS position, camera serial and time,
-and a video container can hold the original file name as its title. Masked images are encoded from pixels
-with `cv2.imencode` (a JPEG gets a bare JFIF header, a PNG only its image chunks) and videos are written
-by `cv2.VideoWriter` (mp4v in an .mp4), so nothing from the input file but its pixels, size and frame rate
-reaches the output. Outputs are written under a temporary name and renamed, so an interrupted run never
-leaves a half-written file under the final name.
+Why one reader: batch masking, evaluation, the benchmarks, int8 calibration, the demo and the tests all
+decode files, and each used to carry its own `cv2.VideoCapture` loop or `cv2.imread` wrapper with its own
+idea of colour channels, frame rate fallbacks and errors. Here every caller gets the same thing: frames as
+contiguous 3-channel BGR uint8 (grey and alpha converted), GIFs OpenCV cannot decode read through imageio,
+and a one-line `MediaError` (a UserError) naming the file when it cannot be read. A fix to decoding lands
+everywhere at once.
+
+Live cameras are not files: they are `Camera` backends (opencv.py, picamera2.py) behind the resilient
+`CaptureLoop`. Writing masked outputs is the service room's business (edge_mask/service/outputs.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".gif")
 MEDIA_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
 DEFAULT_FPS = 25.0
+"""Frame rate assumed when a container does not state a plausible one."""
 
 
 class MediaError(UserError):
@@ -46,74 +49,24 @@ def kind_of(path: Path) -> str:
                      f"supported: {', '.join(s.lstrip('.') for s in MEDIA_SUFFIXES)}")
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
-    """Files to process and one-line problems, in the order given; directories expand to their media files.
-
-    A directory is not searched recursively: outputs keep only the base name, so files from nested
-    folders could overwrite each other.
-    """
-    files: list[Path] = []
-    problems: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
-            if not found:
-                problems.append(f"{path}: directory holds no media files "
-                                f"({', '.join(s.lstrip('.') for s in MEDIA_SUFFIXES)})")
-            files.extend(found)
-        elif not path.exists():
-            problems.append(f"{path}: no such file")
-        else:
-            try:
-                kind_of(path)
-            except MediaError as exc:
-                problems.append(exc.message)
-                continue
-            files.append(path)
-    return files, problems
-
-
-def output_path(path: Path, outdir: Path) -> Path:
-    """Images keep their name and extension; videos keep their base name and become .mp4."""
-    if kind_of(path) == "image":
-        return outdir / path.name
-    return outdir / f"{path.stem}.mp4"
-
-
 # ------------------------------------------------------------------------------------------------ images
 
 
-def read_image(path: Path) -> Image:
-    """Decode a photo as 3-channel BGR (grey and alpha images are converted)."""
+def read_image(path: Path | str) -> Image:
+    """Decode a photo as 3-channel BGR (grey and alpha images are converted).
+
+    Decoded from the file's bytes (`cv2.imdecode`) rather than `cv2.imread`, so a non-ASCII path works on
+    every platform and a missing file is told apart from a corrupt one.
+    """
+    path = Path(path)
     try:
         data = np.fromfile(str(path), np.uint8)
     except OSError as exc:
-        raise MediaError(f"{path}: cannot read ({exc.strerror})") from None
+        raise MediaError(f"{path}: cannot read ({exc.strerror or 'no such file'})") from None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise MediaError(f"{path}: not a readable image (corrupt or not really {path.suffix.lstrip('.')})")
     return np.ascontiguousarray(image, np.uint8)
-
-
-def encode_image(image: Image, suffix: str, jpeg_quality: int = 92) -> bytes:
-    """Encode pixels only: no EXIF, GPS, ICC or text chunks."""
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix.lower() in (".jpg", ".jpeg") else []
-    ok, buffer = cv2.imencode(suffix.lower(), image, params)
-    if not ok:
-        raise MediaError(f"cannot encode a {suffix} image")
-    return bytes(buffer.tobytes())
-
-
-def write_image(path: Path, image: Image) -> None:
-    """Write a masked image atomically (temporary file, fsync, rename)."""
-    data = encode_image(image, path.suffix)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------ videos
@@ -124,37 +77,66 @@ class VideoInfo:
     width: int
     height: int
     fps: float
+    """The container's frame rate, or the reader's `default_fps` when it states none plausible."""
     frames: int
-    """Frame count from the container; 0 when unknown (it is only a hint for the progress bar)."""
+    """Frame count from the container; 0 when unknown. Only a hint: `VideoReader.count()` decodes for the truth."""
 
 
 class VideoReader:
-    """Frames of a video file in order, through OpenCV (falls back to imageio for GIFs it cannot read)."""
+    """Frames of a video file in order, through OpenCV (falls back to imageio for GIFs it cannot read).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._cap: Any = cv2.VideoCapture(str(path))
+    Iterate it for BGR frames; `timed()` adds each frame's index and time in the video; `sample(indices)`
+    yields only the frames at those indices; `count()` decodes to the end for a true frame count.
+    `loop=True` starts again at the first frame when the file ends (benchmarks that need more frames than
+    a clip has); `max_frames` ends an iteration after that many frames. The first frame is decoded when the
+    reader is built, so a file that cannot be played fails there, with a MediaError naming it.
+
+    Frames are always read sequentially, never by seeking: seeking is unreliable in some codecs.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        loop: bool = False,
+        max_frames: int | None = None,
+        default_fps: float = DEFAULT_FPS,
+    ) -> None:
+        self.path = Path(path)
+        self.loop = loop
+        self.max_frames = max_frames
+        self._cap: Any = None
         self._first: Image | None = None
         self._frames: Iterator[Image] | None = None
-        self._gif_fps = DEFAULT_FPS
+        self._gif_fps = default_fps
+        self._closed = False
+        if not self.path.is_file():
+            raise MediaError(f"{self.path}: no such video file")
+        first = self._open()
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS)) if self._cap is not None else self._gif_fps
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)) if self._cap is not None else 0
+        if not (0 < fps < 1000):
+            log.warning("%s: frame rate unknown, assuming %.0f fps", self.path, default_fps)
+            fps = default_fps
+        height, width = first.shape[:2]
+        self.info = VideoInfo(width, height, fps, max(count, 0))
+
+    def _open(self) -> Image:
+        """(Re)open the file and decode its first frame (returned, and kept for the first `_next`);
+        MediaError when no frame decodes."""
+        self._release()
+        self._cap = cv2.VideoCapture(str(self.path))
         if self._cap.isOpened():
             ok, frame = self._cap.read()
             if ok and frame is not None:
                 self._first = _bgr(frame)
         if self._first is None:
-            self._cap.release()
-            self._cap = None
-            if path.suffix.lower() == ".gif":
+            self._release()
+            if self.path.suffix.lower() == ".gif":
                 self._open_gif_with_imageio()
         if self._first is None:
-            raise MediaError(f"{path}: cannot decode any video frame (corrupt, truncated or unsupported codec)")
-        fps = float(self._cap.get(cv2.CAP_PROP_FPS)) if self._cap is not None else self._gif_fps
-        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)) if self._cap is not None else 0
-        if not (0 < fps < 1000):
-            log.warning("%s: frame rate unknown, writing at %.0f fps", path, DEFAULT_FPS)
-            fps = DEFAULT_FPS
-        height, width = self._first.shape[:2]
-        self.info = VideoInfo(width, height, fps, max(count, 0))
+            raise MediaError(f"{self.path}: cannot decode any video frame (corrupt, truncated or unsupported codec)")
+        return self._first
 
     def _open_gif_with_imageio(self) -> None:
         try:
@@ -169,25 +151,76 @@ class VideoReader:
         except (OSError, ValueError, StopIteration) as exc:
             raise MediaError(f"{self.path}: cannot decode this GIF ({exc})") from None
         duration_ms = float(meta.get("duration", 0) or 0)
-        self._gif_fps = 1000.0 / duration_ms if duration_ms > 0 else DEFAULT_FPS
+        if duration_ms > 0:
+            self._gif_fps = 1000.0 / duration_ms
         self._first = _rgb_to_bgr(first)
         self._frames = (_rgb_to_bgr(f) for f in frames)
 
-    def __iter__(self) -> Iterator[Image]:
-        if self._first is None:
-            return
-        first, self._first = self._first, None
-        yield first
+    def _next(self) -> Image | None:
+        """The next frame of the current pass through the file, or None at its end."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
         if self._frames is not None:
-            yield from self._frames
-            return
-        while self._cap is not None:
+            return next(self._frames, None)
+        if self._cap is not None:
             ok, frame = self._cap.read()
-            if not ok or frame is None:
-                break
-            yield _bgr(frame)
+            if ok and frame is not None:
+                return _bgr(frame)
+        return None
+
+    def __iter__(self) -> Iterator[Image]:
+        produced = 0
+        while self.max_frames is None or produced < self.max_frames:
+            image = self._next()
+            if image is None and self.loop and not self._closed:
+                self._open()  # a fresh pass always has a first frame, so looping cannot spin
+                image = self._next()
+            if image is None:
+                return
+            produced += 1
+            yield image
+
+    def timed(self) -> Iterator[tuple[int, float, Image]]:
+        """(index, seconds into the video at `info.fps`, frame) for each frame: the file's own timeline,
+        so a tracker's hold time means the same as on a live camera at that rate."""
+        for index, image in enumerate(self):
+            yield index, index / self.info.fps, image
+
+    def sample(self, indices: Iterable[int]) -> Iterator[Image]:
+        """The frames at `indices` (0-based), in file order, decoding no further than the last one wanted."""
+        wanted = set(indices)
+        if not wanted:
+            return
+        last = max(wanted)
+        for index, image in enumerate(self):
+            if index in wanted:
+                yield image
+            if index >= last:
+                return
+
+    def count(self) -> int:
+        """Frames still to come, counted by decoding (`grab()`, no colour conversion, so it stays cheap);
+        on a fresh reader that is the file's true length. Uses the reader up; ignores `loop`."""
+        total = 0
+        if self._first is not None:
+            self._first = None
+            total = 1
+        if self._frames is not None:
+            total += sum(1 for _ in self._frames)
+        elif self._cap is not None:
+            while self._cap.grab():
+                total += 1
+        return total
 
     def close(self) -> None:
+        """Release the file; iterating afterwards yields nothing (a looping reader does not reopen)."""
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        self._first = None
+        self._frames = None
         if self._cap is not None:
             self._cap.release()
             self._cap = None
@@ -197,32 +230,6 @@ class VideoReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class VideoWriter:
-    """An mp4v .mp4 written under a temporary name and renamed by `commit()`; `abort()` removes it."""
-
-    def __init__(self, path: Path, width: int, height: int, fps: float) -> None:
-        self.path = path
-        self._tmp = path.with_name(f".{path.stem}.partial.mp4")
-        self._size = (width, height)
-        self._writer: Any = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
-        if not self._writer.isOpened():
-            raise MediaError(f"{path}: cannot open an mp4 writer here (check the folder is writable)")
-
-    def write(self, image: Image) -> None:
-        if (image.shape[1], image.shape[0]) != self._size:
-            raise MediaError(f"{self.path}: frame size changed mid-video "
-                             f"({image.shape[1]}x{image.shape[0]} after {self._size[0]}x{self._size[1]})")
-        self._writer.write(image)
-
-    def commit(self) -> None:
-        self._writer.release()
-        os.replace(self._tmp, self.path)
-
-    def abort(self) -> None:
-        self._writer.release()
-        self._tmp.unlink(missing_ok=True)
 
 
 def _bgr(frame: Any) -> Image:

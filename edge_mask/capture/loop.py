@@ -4,7 +4,8 @@ Why a supervisor plus a reader thread: camera reads block inside drivers (cv2 on
 libcamera after "frontend has timed out") and Python cannot interrupt them. The reader thread does the
 blocking read; the supervisor watches its progress and, when no frame arrived for `read_timeout_s`,
 declares a stall, closes the camera from outside (which unblocks most drivers), abandons the stuck reader
-(a generation number makes any late frame from it be discarded) and reopens with exponential backoff.
+(a generation number makes any late frame from it be discarded) and reopens with exponential backoff
+(`edge_mask.core.backoff`, the same jittered policy as the uplink's reconnects).
 Every wait is an `Event.wait`, so a dead camera costs no CPU.
 
 Frames get a sequence number that keeps counting across reconnects: the seal binds (stream, seq), and a
@@ -14,13 +15,13 @@ restart of the numbering would look like a replay to the receiver.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from edge_mask.core.backoff import Backoff
 from edge_mask.core.types import RawFrame
 
 if TYPE_CHECKING:
@@ -50,23 +51,6 @@ class CaptureHealth:
         last = out.pop("last_frame_monotonic")
         out["last_frame_age_s"] = None if last is None else round(time.monotonic() - last, 3)
         return out
-
-
-class Backoff:
-    """Exponential backoff with jitter: min, 2*min, 4*min ... capped at max."""
-
-    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self.min_s, self.max_s = min_s, max(min_s, max_s)
-        self._attempt = 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        base = min(self.max_s, self.min_s * (2**self._attempt))
-        self._attempt = min(self._attempt + 1, 32)
-        return float(base * self._rng.uniform(0.8, 1.0))
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class CaptureLoop:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge_mask.config import EdgeConfig, load_config
+from edge_mask.config import MaskerConfig, load_config
 
 
 def register(subparsers: Any) -> None:
@@ -31,8 +31,6 @@ def register(subparsers: Any) -> None:
                         help="play SOURCE as a 30 fps camera through the whole service to a local mosquitto and "
                         "report capture->broker-ack latency p50/p99 and CPU use")
     parser.add_argument("--seconds", type=float, default=20.0, metavar="S", help="--live: measured seconds")
-    from edge_mask.commands.eval import add_compare_arguments
-
     add_compare_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -43,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from edge_mask.tools.bench import run_bench
 
     if args.source == "compare":
-        from edge_mask.commands.eval import bench_compare
-
         return bench_compare(args)
     if args.source in ("seal", "uplink"):
         return _bench_transport(args)
@@ -59,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frames <= 0:
         raise UserError(f"--frames {args.frames}: pass a positive number of frames")
     size = (args.width, args.height) if args.width is not None else None
-    cfg = load_config(args.config) if args.config is not None else EdgeConfig(device_id="bench")
+    cfg = load_config(args.config, MaskerConfig, only_used=True) if args.config is not None else MaskerConfig()
     masker = build_masker(cfg)
     try:
         result = run_bench(args.source, masker, frames=args.frames, size=size)
@@ -76,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
 def _default_clip(clip: str | None) -> Path | None:
     if clip is not None:
         return Path(clip)
-    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "video" / "short_hamilton_clip.mp4"
+    from edge_mask.tools.evaluation.report import default_shared
+
+    shared = default_shared() / "data" / "video" / "short_hamilton_clip.mp4"
     return shared if shared.exists() else None
 
 
@@ -122,4 +120,30 @@ def _bench_transport(args: argparse.Namespace) -> int:
             )
         lines.append("target: seal + spool under 3 ms per 640x480 frame")
     print(json.dumps(report) if args.json else "\n".join(lines))
+    return 0
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `edge-mask bench compare [CLIP]` (the bench command owns the parser)."""
+    parser.add_argument("--rounds", type=int, default=3, help="compare: rounds of deface vs edge-mask (default 3)")
+    parser.add_argument("--cores", type=int, default=None, help="compare: CPUs to pin both tools to (default all)")
+
+
+def bench_compare(args: argparse.Namespace) -> int:
+    """`edge-mask bench compare [CLIP]`: deface vs `edge-mask mask`, same clip, same cores, several rounds."""
+    from edge_mask.tools.evaluation.compare import run_compare
+
+    clip = Path(args.clip) if getattr(args, "clip", None) else _default_clip(None) or Path("short_hamilton_clip.mp4")
+    extra = ["--config", str(args.config)] if getattr(args, "config", None) else []
+    result = run_compare(clip, rounds=args.rounds, cores=args.cores, mask_args=extra)
+    if getattr(args, "json", False):
+        print(json.dumps(result))
+        return 0
+    print(f"{clip.name}: {result['frames']} frames, {result['cores']} cores"
+          f"{' (pinned with taskset)' if result['pinned'] else ''}, deface {result['deface_version']} defaults")
+    print(f"{'round':>5} {'edge-mask fps':>14} {'deface fps':>11} {'ratio':>7}")
+    for number, row in enumerate(result["rounds"], 1):
+        print(f"{number:>5} {row['ours_fps']:>14.1f} {row['deface_fps']:>11.1f} {row['ratio']:>6.1f}x")
+    ratio = result["ratio"]
+    print(f"ratio min {ratio['min']:.1f}x, median {ratio['median']:.1f}x, max {ratio['max']:.1f}x (target >= 8x)")
     return 0

@@ -178,29 +178,3 @@ def run_report(args: argparse.Namespace) -> int:
     for name, message in results.get("errors", {}).items():
         print(f"section {name} did not run: {message}")
     return 1 if results.get("errors") else 0
-
-
-def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `edge-mask bench compare [CLIP]` (the bench command owns the parser)."""
-    parser.add_argument("--rounds", type=int, default=3, help="compare: rounds of deface vs edge-mask (default 3)")
-    parser.add_argument("--cores", type=int, default=None, help="compare: CPUs to pin both tools to (default all)")
-
-
-def bench_compare(args: argparse.Namespace) -> int:
-    """`edge-mask bench compare [CLIP]`: deface vs `edge-mask mask`, same clip, same cores, several rounds."""
-    from edge_mask.tools.evaluation.compare import run_compare
-
-    clip = Path(args.clip) if getattr(args, "clip", None) else _shared() / "data" / "video" / "short_hamilton_clip.mp4"
-    extra = ["--config", str(args.config)] if getattr(args, "config", None) else []
-    result = run_compare(clip, rounds=args.rounds, cores=args.cores, mask_args=extra)
-    if getattr(args, "json", False):
-        print(json.dumps(result))
-        return 0
-    print(f"{clip.name}: {result['frames']} frames, {result['cores']} cores"
-          f"{' (pinned with taskset)' if result['pinned'] else ''}, deface {result['deface_version']} defaults")
-    print(f"{'round':>5} {'edge-mask fps':>14} {'deface fps':>11} {'ratio':>7}")
-    for number, row in enumerate(result["rounds"], 1):
-        print(f"{number:>5} {row['ours_fps']:>14.1f} {row['deface_fps']:>11.1f} {row['ratio']:>6.1f}x")
-    ratio = result["ratio"]
-    print(f"ratio min {ratio['min']:.1f}x, median {ratio['median']:.1f}x, max {ratio['max']:.1f}x (target >= 8x)")
-    return 0

@@ -9,9 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from edge_mask.config import EdgeConfig, load_config, validate_config
-
-BATCH_DEVICE_ID = "batch"
+from edge_mask.config import MaskerConfig, load_config, validate_config
 
 
 def register(subparsers: Any) -> None:
@@ -32,19 +30,21 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def batch_config(config: Path | None, style: str | None, threshold: float | None) -> EdgeConfig:
+def batch_config(config: Path | None, style: str | None, threshold: float | None) -> MaskerConfig:
     """The config a batch run uses: the file's (or defaults) with the command-line overrides.
 
+    Only the sections the masker reads are validated (detector, models, tracker, mask): a batch user has no
+    device id, and a device's config file works too (its camera, seal and uplink sections are not used).
     Failed frames are always written fully masked in a batch run (never dropped) so outputs keep their length.
     """
-    cfg = load_config(config) if config is not None else EdgeConfig(device_id=BATCH_DEVICE_ID)
+    cfg = load_config(config, MaskerConfig, only_used=True) if config is not None else MaskerConfig()
     data = cfg.model_dump()
     if style is not None:
         data["mask"]["style"] = style
     if threshold is not None:
         data["detector"]["threshold"] = threshold
     data["mask"]["on_failure"] = "mask_frame"
-    return validate_config(data, EdgeConfig, source="command line")
+    return validate_config(data, MaskerConfig, source="command line")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,6 +37,16 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._factories)
 
+    def create_named(self, type_name: str, *args: Any, **kwargs: Any) -> T:
+        """Build the backend registered as `type_name` (for settings whose selector is not called `type`)."""
+        factory = self._factories.get(type_name)
+        if factory is None:
+            raise ConfigError(
+                f"{self.stage} = {type_name!r} is not known; expected one of: {', '.join(self.names())}"
+            )
+        log.debug("creating %s %s", self.stage, type_name)
+        return factory(*args, **kwargs)
+
     def create(self, settings: Any, *args: Any, **kwargs: Any) -> T:
         """Build the backend named by `settings.type`, passing the settings and any extra arguments."""
         type_name = getattr(settings, "type", None)

@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from edge_mask.config import EdgeConfig, MaskConfig, TrackerConfig
+from edge_mask.config import MaskConfig, MaskerConfig, TrackerConfig
+from edge_mask.core.stats import percentile
 from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
 from edge_mask.detect import Detector, create_detector
+from edge_mask.mask.base import MASKERS, Masker, build_masker
 from edge_mask.mask.paint import Painter, mask_faces, mask_whole_frame
 from edge_mask.mask.track import Tracker
 
@@ -214,15 +216,16 @@ class FaceMasker:
 
 
 def percentiles(values: Iterable[float]) -> tuple[float, float]:
-    """(p50, p99) of the values, (0, 0) when there are none."""
-    array = np.fromiter(values, np.float64)
-    if array.size == 0:
-        return 0.0, 0.0
-    p50, p99 = np.percentile(array, [50, 99])
-    return float(p50), float(p99)
+    """(p50, p99) of the values by the one percentile definition (`core.stats`); (0, 0) when there are none."""
+    samples = list(values)
+    return percentile(samples, 50) or 0.0, percentile(samples, 99) or 0.0
 
 
-def build_masker(cfg: EdgeConfig) -> FaceMasker:
+@MASKERS.register("face")
+def _face_masker(cfg: MaskerConfig) -> Masker:
     """Detector from the config's detector and models sections, wrapped with its tracker and mask settings."""
     detector = create_detector(cfg.detector, cfg.models)
     return FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms)
+
+
+__all__ = ["FaceMasker", "build_masker"]

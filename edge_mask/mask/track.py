@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mask.config import TrackerConfig
+from edge_mask.core.boxes import iou_matrix
 from edge_mask.core.types import FloatArray
 
 log = logging.getLogger(__name__)
@@ -67,21 +68,6 @@ class TrackResult:
     track_ids: tuple[int, ...] = field(default=())
 
 
-def box_iou(a: FloatArray, b: FloatArray) -> npt.NDArray[np.float32]:
-    """IoU between every box of `a` (N, 4) and `b` (M, 4), as an (N, M) matrix."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)), np.float32)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
-
-
 def grow(boxes: FloatArray, factor: npt.NDArray[np.float32]) -> FloatArray:
     """Scale each box about its centre by its own factor (>= 1)."""
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -97,7 +83,7 @@ def match(predicted: FloatArray, detected: FloatArray, min_iou: float) -> list[t
     """
     if len(predicted) == 0 or len(detected) == 0:
         return []
-    iou = box_iou(predicted, detected)
+    iou = iou_matrix(predicted, detected)
     pc = (predicted[:, :2] + predicted[:, 2:]) / 2
     dc = (detected[:, :2] + detected[:, 2:]) / 2
     size = np.maximum((predicted[:, 2:] - predicted[:, :2]).max(axis=1), 1.0)

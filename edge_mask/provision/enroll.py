@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edge_mask.config import DEVICE_ID_PATTERN, EdgeConfig, ReceiverConfig, load_config
 from edge_mask.core.errors import KeyMaterialError, UserError
-from edge_mask.provision import pki
+from edge_mask.provision import broker_conf, pki
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +256,11 @@ def provision_broker(
             raise KeyMaterialError(f"{existing} already exists; pass --force to replace it")
     issued = pki.make_server_cert(ca, out, host, force=force)
     ca_copy = _copy_public(ca.cert_path, out / pki.CA_CERT, force)
-    pki.write_file(acl, pki.render_acl(receivers).encode(), force=force)
+    pki.write_file(acl, broker_conf.render_acl(receivers).encode(), force=force)
     data = out / "data"
     data.mkdir(mode=0o700, exist_ok=True)
     root = out.resolve()
-    text = pki.render_mosquitto_conf(
+    text = broker_conf.render_mosquitto_conf(
         port=port, bind_address=bind_address, cafile=root / ca_copy.name, certfile=root / issued.cert.name,
         keyfile=root / issued.key.name, acl_file=root / acl.name, persistence_dir=root / "data",
         log_file=root / "mosquitto.log", user=run_as,

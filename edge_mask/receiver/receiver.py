@@ -35,10 +35,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge_mask.config import ReceiverConfig
+from edge_mask.core.backoff import Backoff
 from edge_mask.core.errors import MessageError, UserError
 from edge_mask.receiver.store import FrameStore
 from edge_mask.seal import Opener, Reassembler, load_device_registry, load_recipient_private_key
-from edge_mask.uplink.mqtt import Backoff, check_tls_files, connect, make_client, reason_failed
+from edge_mask.uplink import check_tls_files, connect, make_client, reason_failed, wait_for_connack
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,6 @@ class Receiver:
         self._next_expire = 0.0
         self._max_frames: int | None = None
         self._stop = threading.Event()
-        self._connack: Any = None
         self._session_up = False
         self.connected = threading.Event()
         self.client_id = cfg.broker.client_id or f"edge-mask-receiver-{socket.gethostname()}"
@@ -243,23 +243,18 @@ class Receiver:
         return self._stop.is_set() or (self._max_frames is not None and self.counts["stored"] >= self._max_frames)
 
     def _open(self, client: mqtt.Client) -> bool:
-        self._connack = None
         try:
             connect(client, self.cfg.broker, persistent_session=True, session_expiry_s=SESSION_EXPIRY_S)
         except (OSError, ValueError) as exc:
             log.warning("receiver: cannot connect to %s:%d: %s", self.cfg.broker.host, self.cfg.broker.port, exc)
             return False
-        deadline = time.monotonic() + self.cfg.broker.connect_timeout_s
-        while self._connack is None and time.monotonic() < deadline and not self._done():
-            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
-                break
-        if self._connack is None or reason_failed(self._connack):
-            log.warning("receiver: broker refused or did not answer the connection (CONNACK %s)", self._connack)
+        connack = wait_for_connack(client, self.cfg.broker.connect_timeout_s, self._done)
+        if connack is None or reason_failed(connack):
+            log.warning("receiver: broker refused or did not answer the connection (CONNACK %s)", connack)
             return False
         return True
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
-        self._connack = reason_code
         if reason_failed(reason_code):
             return
         self._session_up = True

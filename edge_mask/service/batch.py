@@ -19,19 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_mask.capture.files import (
-    MediaError,
-    VideoReader,
-    VideoWriter,
-    expand_inputs,
-    kind_of,
-    output_path,
-    read_image,
-    write_image,
-)
+from edge_mask.capture import MediaError, VideoReader, kind_of, read_image
 from edge_mask.core.errors import UserError
 from edge_mask.core.types import RawFrame
-from edge_mask.mask import FaceMasker
+from edge_mask.mask import Masker
+from edge_mask.service.outputs import VideoWriter, expand_inputs, output_path, write_image
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +79,7 @@ class BatchSummary:
 def run_batch(
     inputs: Sequence[str | Path],
     outdir: Path,
-    masker: FaceMasker,
+    masker: Masker,
     progress: Progress | None = None,
     report: Report | None = None,
 ) -> BatchSummary:
@@ -147,7 +139,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _mask_image(path: Path, target: Path, masker: FaceMasker, result: FileResult) -> None:
+def _mask_image(path: Path, target: Path, masker: Masker, result: FileResult) -> None:
     image = read_image(path)
     height, width = image.shape[:2]
     result.width, result.height = width, height
@@ -163,7 +155,7 @@ def _mask_image(path: Path, target: Path, masker: FaceMasker, result: FileResult
     result.fail_closed = int(masked.fail_closed)
 
 
-def _mask_video(path: Path, target: Path, masker: FaceMasker, result: FileResult, progress: Progress | None) -> None:
+def _mask_video(path: Path, target: Path, masker: Masker, result: FileResult, progress: Progress | None) -> None:
     with VideoReader(path) as reader:
         info = reader.info
         result.width, result.height, result.fps = info.width, info.height, info.fps

@@ -14,7 +14,6 @@ import os
 import shutil
 import stat
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +182,8 @@ def _certificate(what: str, path: Path) -> Check:
 
 
 def check_broker(cfg: EdgeConfig) -> Iterator[Check]:
-    from edge_mask.uplink import make_client
+    """Connect once the way the service does (same client setup, same CONNACK wait) and report the answer."""
+    from edge_mask.uplink import connect, make_client, reason_failed, wait_for_connack
 
     broker = cfg.uplink.broker
     where = f"{broker.host}:{broker.port}"
@@ -194,30 +194,19 @@ def check_broker(cfg: EdgeConfig) -> Iterator[Check]:
         yield Check("broker", False, f"cannot load the TLS CA/certificate/key ({exc})",
                     "check that uplink.broker.tls cert and key belong together (re-provision the device)")
         return
-    result: dict[str, Any] = {}
-    done = threading.Event()
-
-    def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
-        result["code"] = reason_code
-        done.set()
-
-    client.on_connect = on_connect
     try:
-        client.connect(broker.host, broker.port, keepalive=broker.keepalive_s)
+        connect(client, broker, persistent_session=False, session_expiry_s=0)
     except OSError as exc:
         yield Check("broker", False, f"cannot reach {where} ({exc})",
                     "check uplink.broker.host/port, the network and the CA/certificate")
         return
-    deadline = time.monotonic() + broker.connect_timeout_s
-    while not done.is_set() and time.monotonic() < deadline:
-        client.loop(timeout=0.1)
+    code = wait_for_connack(client, broker.connect_timeout_s)
     client.disconnect()
-    code = result.get("code")
     tls = "over TLS" if broker.tls is not None else "WITHOUT TLS"
     if code is None:
         yield Check("broker", False, f"no CONNACK from {where} within {broker.connect_timeout_s:g} s",
                     "the TLS handshake or the broker failed; check the broker log and the certificates")
-    elif getattr(code, "is_failure", False) or (isinstance(code, int) and code != 0):
+    elif reason_failed(code) or (isinstance(code, int) and code != 0):
         yield Check("broker", False, f"{where} refused the connection ({code})",
                     "check that the broker knows this device's certificate and ACL")
     else:

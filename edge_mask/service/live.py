@@ -33,8 +33,9 @@ from edge_mask.service.notify import Notifier
 from edge_mask.service.queues import LatestQueue, TimedSpool
 
 if TYPE_CHECKING:
-    from edge_mask.mask import FaceMasker
+    from edge_mask.mask import Masker
     from edge_mask.seal import Sealer
+    from edge_mask.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Service:
         config_path: Path | None = None,
         notifier: Notifier | None = None,
         camera_factory: Callable[[], Camera] | None = None,
-        masker: FaceMasker | None = None,
+        masker: Masker | None = None,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
@@ -74,7 +75,7 @@ class Service:
         self._threads: list[threading.Thread] = []
         self.capture: CaptureLoop | None = None
         self.spool: TimedSpool | None = None
-        self.uplink: Any = None
+        self.uplink: Uplink | None = None
         self._prometheus: PrometheusServer | None = None
         self._watchdog_sent = 0.0
         self.stopped_cleanly = False
@@ -147,7 +148,7 @@ class Service:
         return 0 if self.stopped_cleanly else 1
 
     def _start_stages(self) -> None:
-        from edge_mask.uplink import MqttUplink, open_spool
+        from edge_mask.uplink import create_uplink, open_spool
 
         sealer, encoder = self._build_sealing()
         if self._masker is None:
@@ -156,7 +157,7 @@ class Service:
             self._masker = build_masker(self.cfg)
         self.spool = TimedSpool(open_spool(self.cfg.spool), self.metrics.acked_latency.add)
         # The uplink publishes {prefix}/stats every uplink.stats_interval_s, merging in self.stats().
-        self.uplink = MqttUplink(self.cfg.uplink, self.cfg.device_id, self.spool, stats_source=self.stats)
+        self.uplink = create_uplink(self.cfg.uplink, self.cfg.device_id, self.spool, stats_source=self.stats)
         self.uplink.start()
         if self.cfg.service.prometheus_port:
             self._prometheus = PrometheusServer(
@@ -172,13 +173,13 @@ class Service:
             thread.start()
             self._threads.append(thread)
         camera_cfg = self.cfg.camera
-        blocking = not getattr(camera_cfg, "realtime", True)
+        blocking = not camera_cfg.is_realtime()
         self.capture = CaptureLoop(
             self._camera_factory,
             lambda frame: self._on_frame(frame, blocking),
-            read_timeout_s=getattr(camera_cfg, "read_timeout_s", 5.0),
-            retry_min_s=getattr(camera_cfg, "retry_min_s", 0.5),
-            retry_max_s=getattr(camera_cfg, "retry_max_s", 30.0),
+            read_timeout_s=camera_cfg.read_timeout_s,
+            retry_min_s=camera_cfg.retry_min_s,
+            retry_max_s=camera_cfg.retry_max_s,
             on_state=self._on_camera_state,
         )
         self.capture.start()
@@ -356,14 +357,8 @@ class Service:
         if new.service.log_level != old.service.log_level:
             logging.getLogger("edge_mask").setLevel(new.service.log_level)
         if (new.mask, new.tracker) != (old.mask, old.tracker) and self._masker is not None:
-            reconfigure = getattr(self._masker, "reconfigure", None)
-            if reconfigure is not None:  # keeps the tracked faces: no gap in the masks at the switch
-                reconfigure(tracker=new.tracker, mask=new.mask)
-            else:
-                from edge_mask.mask import FaceMasker
-
-                deadline = getattr(new.detector, "deadline_ms", 250.0)
-                self._masker = FaceMasker(self._masker.detector, new.tracker, new.mask, deadline)
+            # keeps the tracked faces: no gap in the masks at the switch
+            self._masker.reconfigure(tracker=new.tracker, mask=new.mask)
             log.info("reload: mask/tracker settings applied")
         restart = _changed_sections(old, new)
         self.cfg = old.model_copy(

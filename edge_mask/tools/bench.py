@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_mask.capture.files import IMAGE_SUFFIXES, MediaError, read_image
+from edge_mask.capture import IMAGE_SUFFIXES, MediaError, VideoReader, read_image
 from edge_mask.core.errors import UserError
 from edge_mask.core.types import Image, RawFrame
-from edge_mask.mask.engine import SAMPLES, STAGES, FaceMasker, percentiles
+from edge_mask.mask import Masker
+from edge_mask.mask.engine import SAMPLES, STAGES, percentiles
 
 log = logging.getLogger(__name__)
 
@@ -79,45 +81,39 @@ class BenchResult:
 
 
 class FrameSource:
-    """Decoded frames in order: a video loops at its end, a photo repeats."""
+    """Decoded frames in order: a video loops at its end, a photo repeats (both through the one reader)."""
 
     def __init__(self, source: str, size: tuple[int, int] | None) -> None:
         self.source = source
         self.size = size
         self._image: Image | None = None
-        self._cap: Any = None
-        if Path(source).suffix.lower() in IMAGE_SUFFIXES:
-            try:
+        self._video: VideoReader | None = None
+        self._frames: Iterator[Image] = iter(())
+        try:
+            if Path(source).suffix.lower() in IMAGE_SUFFIXES:
                 self._image = read_image(Path(source))
-            except MediaError as exc:
-                raise UserError(exc.message) from None
-        else:
-            self._cap = cv2.VideoCapture(source)
-            if not self._cap.isOpened():
-                raise UserError(f"{source}: cannot open as a video; pass a video file or a photo")
+            else:
+                self._video = VideoReader(Path(source), loop=True)
+                self._frames = iter(self._video)
+        except MediaError as exc:
+            raise UserError(exc.message) from None
 
     def read(self) -> Image:
-        image: Any
-        if self._image is not None:
-            image = self._image.copy()
-        else:
-            ok, image = self._cap.read()
-            if not ok:
-                self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                ok, image = self._cap.read()
-                if not ok:
-                    raise UserError(f"{self.source}: no frame could be decoded")
+        decoded = self._image.copy() if self._image is not None else next(self._frames, None)
+        if decoded is None:
+            raise UserError(f"{self.source}: no frame could be decoded")
+        image: Any = decoded
         if self.size is not None and (image.shape[1], image.shape[0]) != self.size:
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR)
         frame: Image = np.ascontiguousarray(image, np.uint8)
         return frame
 
     def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
+        if self._video is not None:
+            self._video.close()
 
 
-def run_bench(source: str, masker: FaceMasker, frames: int = 300, size: tuple[int, int] | None = None,
+def run_bench(source: str, masker: Masker, frames: int = 300, size: tuple[int, int] | None = None,
               warmup: int = 10) -> BenchResult:
     """Decode and mask `frames` frames (after `warmup` untimed ones); figures for each stage and overall."""
     reader = FrameSource(source, size)

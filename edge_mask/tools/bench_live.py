@@ -5,18 +5,16 @@ Reports what the issue's targets are stated in: end-to-end latency from capture 
 dropped by reason (no drops is the 1280x720 target), and CPU use as process CPU time / wall time over the
 measured window (100% = one core; Mosquitto runs in its own process and is not counted).
 
-Why a private plain-TCP Mosquitto on an ephemeral loopback port: the benchmark must be runnable on a bare
-dev box or device without certificates, and it measures the device, not TLS to a remote broker. A warm-up
-(model load, first frames, broker connect) is excluded from every figure.
+Why a private plain-TCP Mosquitto on an ephemeral loopback port (`edge_mask.tools.broker.Mosquitto.plain`,
+the launcher the demo and the tests use too): the benchmark must be runnable on a bare dev box or device
+without certificates, and it measures the device, not TLS to a remote broker. A warm-up (model load,
+first frames, broker connect) is excluded from every figure.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -25,49 +23,11 @@ from typing import Any
 
 from edge_mask.config import EdgeConfig, validate_config
 from edge_mask.core.errors import UserError
-from edge_mask.service.metrics import percentile
+from edge_mask.core.stats import percentile
+from edge_mask.provision.enroll import mosquitto_path
+from edge_mask.tools.broker import Mosquitto
 
 log = logging.getLogger(__name__)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LocalMosquitto:
-    """A throw-away plain-TCP broker on 127.0.0.1 (never port 1883)."""
-
-    def __init__(self, directory: Path) -> None:
-        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-        if exe is None:
-            raise UserError("bench --live needs a local broker: install mosquitto (apt install mosquitto)")
-        self.port = _free_port()
-        conf = directory / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "max_queued_messages 100000\n")
-        self._proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if self._proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        self.stop()
-        raise UserError(f"mosquitto did not start on 127.0.0.1:{self.port}; run it by hand to see why")
-
-    def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
 
 
 def run_live_bench(
@@ -87,12 +47,13 @@ def run_live_bench(
 
     if not Path(clip).is_file():
         raise UserError(f"--clip {clip}: no such video file")
+    if mosquitto_path() is None:
+        raise UserError("bench --live needs a local broker: install mosquitto (apt install mosquitto)")
     with tempfile.TemporaryDirectory(prefix="edge-mask-bench-") as tmp:
         work = Path(tmp)
         _, recipient_pub = generate_recipient(work / "cloud")
         generate_signing_key(work / "device-signing.key")
-        broker = LocalMosquitto(work)
-        try:
+        with Mosquitto.plain(work) as broker:
             camera: dict[str, Any] = {"type": "opencv", "source": str(clip), "loop": True, "fps": fps}
             if width and height:
                 camera.update(width=width, height=height)
@@ -110,8 +71,6 @@ def run_live_bench(
                 settings["models"] = {"cache_dir": str(models_dir)}
             cfg = validate_config(settings, EdgeConfig)
             return _measure(Service(cfg), seconds, warmup_s, cfg)
-        finally:
-            broker.stop()
 
 
 def _measure(service: Any, seconds: float, warmup_s: float, cfg: EdgeConfig) -> dict[str, Any]:

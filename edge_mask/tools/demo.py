@@ -20,7 +20,6 @@ camera, runs the real receiver, and then counts:
 from __future__ import annotations
 
 import logging
-import subprocess
 import tempfile
 import threading
 import time
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_mask.capture import Camera, create_camera
+from edge_mask.capture import Camera, MediaError, VideoReader, create_camera
 from edge_mask.config import (
     EdgeConfig,
     ModelsConfig,
@@ -39,9 +38,10 @@ from edge_mask.config import (
     SyntheticCameraConfig,
     load_config,
 )
-from edge_mask.core.errors import UserError
+from edge_mask.core.errors import CameraError, UserError
 from edge_mask.core.types import Image
 from edge_mask.provision import enroll as provision
+from edge_mask.tools.broker import Mosquitto, MosquittoError, free_port
 
 log = logging.getLogger(__name__)
 
@@ -106,27 +106,29 @@ def choose_source(source: str | None, frames: int | None, say: Say) -> Source:
 
 
 def _camera_zero_works() -> bool:
+    """Whether camera 0 delivers a frame, probed with the camera backend the demo would then run it with
+    (a camera is not a file, so not through the file reader)."""
     import sys
-
-    import cv2
 
     if sys.platform.startswith("linux") and not Path("/dev/video0").exists():
         return False  # do not let OpenCV probe (and log errors about) a camera that is not there
-    capture = cv2.VideoCapture(0)
+    camera = create_camera(OpenCVCameraConfig(source="0"))
     try:
-        return bool(capture.isOpened() and capture.read()[0])
+        camera.open()
+        return camera.read() is not None
+    except (CameraError, OSError):
+        return False
     finally:
-        capture.release()
+        camera.close()
 
 
 def _video_fps(path: Path) -> float:
-    import cv2
-
-    capture = cv2.VideoCapture(str(path))
+    """The clip's frame rate from its container (through the one file reader); 30 when implausible or unreadable."""
     try:
-        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-    finally:
-        capture.release()
+        with VideoReader(path, default_fps=30.0) as reader:
+            fps = reader.info.fps
+    except MediaError:
+        return 30.0
     return fps if 1.0 <= fps <= 240.0 else 30.0
 
 
@@ -181,21 +183,15 @@ def running_broker(root: Path, ca_dir: Path, port: int, kind: str, say: Say) -> 
                                         run_as=provision.current_user() if mosquitto else None)
     files = bundle.files
     if mosquitto is not None:
-        proc = subprocess.Popen([mosquitto, "-c", str(files["mosquitto config"])],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            _wait_listening(port, proc)
+            broker = Mosquitto(files["mosquitto config"], port, exe=mosquitto)
+            broker.start()
+        except MosquittoError as exc:
+            first, _, rest = exc.message.partition("\n")
+            raise UserError(f"{first}; try --broker embedded\n{rest}") from exc
+        with broker:
             say(f"broker: Mosquitto on 127.0.0.1:{port} (TLS, client certificates, per-device ACL)")
             yield "mosquitto"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stderr:
-                proc.stderr.close()
         return
     from edge_mask.tools.minibroker import MiniBroker
 
@@ -203,30 +199,6 @@ def running_broker(root: Path, ca_dir: Path, port: int, kind: str, say: Say) -> 
                     keyfile=files["broker key"], port=port, readers=(provision.RECEIVER_NAME,)):
         say(f"broker: embedded pure-Python broker on 127.0.0.1:{port} (TLS, client certificates, per-device ACL)")
         yield "embedded"
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise UserError(f"mosquitto exited at start ({err.strip() or proc.returncode}); try --broker embedded")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise UserError(f"mosquitto did not listen on 127.0.0.1:{port}; try --broker embedded")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------------------ run

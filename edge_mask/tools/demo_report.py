@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_mask.capture import MediaError, read_image
+
 log = logging.getLogger(__name__)
 
 SHEET_COLUMNS = 4
@@ -39,13 +41,14 @@ def _seq(path: Path) -> int:
 
 
 def count_decodable(images: Sequence[Path]) -> int:
-    import cv2
-
+    """How many of the receiver's frame files decode as images (through the one reader)."""
     count = 0
     for path in images:
-        data = np.fromfile(str(path), np.uint8)
-        if data.size and cv2.imdecode(data, cv2.IMREAD_COLOR) is not None:
-            count += 1
+        try:
+            read_image(path)
+        except MediaError:
+            continue
+        count += 1
     return count
 
 
@@ -58,8 +61,9 @@ def write_contact_sheet(images: Sequence[Path], dest: Path, tiles: int = SHEET_T
     picks = [images[i] for i in sorted(set(np.linspace(0, len(images) - 1, min(tiles, len(images))).astype(int)))]
     cells = []
     for path in picks:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
+        try:
+            image = read_image(path)
+        except MediaError:
             continue
         height = max(1, round(image.shape[0] * TILE_WIDTH / image.shape[1]))
         tile = cv2.resize(image, (TILE_WIDTH, height), interpolation=cv2.INTER_AREA)

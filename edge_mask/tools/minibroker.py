@@ -19,9 +19,7 @@ import itertools
 import logging
 import ssl
 import threading
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_mask.tools.minibroker_codec import (
@@ -54,6 +52,7 @@ from edge_mask.tools.minibroker_codec import (
     u16,
     valid_filter,
 )
+from edge_mask.tools.minibroker_session import MAX_INFLIGHT, Connection, Session, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -61,58 +60,6 @@ MAX_SESSIONS = 1000
 MAX_RETAINED = 10_000
 MAX_QUEUED = 100_000
 MAX_QUEUED_BYTES = 256 * 1024 * 1024  # per session: an absent receiver cannot exhaust memory
-MAX_INFLIGHT = 100
-
-
-@dataclass
-class Subscription:
-    filter: str
-    qos: int
-    no_local: bool = False
-    group: str | None = None
-
-
-@dataclass
-class Session:
-    """What outlives a connection when the client asked for a persistent session."""
-
-    client_id: str
-    username: str
-    persistent: bool
-    v5: bool = False
-    subs: dict[str, Subscription] = field(default_factory=dict)  # key: full filter incl. $share prefix
-    queue: deque[Message] = field(default_factory=deque)
-    queued_bytes: int = 0
-    inflight: dict[int, Message] = field(default_factory=dict)
-    max_inflight: int = MAX_INFLIGHT
-    conn: Connection | None = None
-    _ids: itertools.cycle[int] = field(default_factory=lambda: itertools.cycle(range(1, 65536)))
-
-    def next_id(self) -> int:
-        for pid in self._ids:  # pragma: no branch - 65535 ids, at most MAX_INFLIGHT in use
-            if pid not in self.inflight:
-                return pid
-        raise RuntimeError("unreachable")
-
-
-class Connection:
-    """One TLS client connection; owned by the broker's event loop."""
-
-    def __init__(self, broker: MiniBroker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.broker, self.reader, self.writer = broker, reader, writer
-        self.session: Session | None = None
-        self.info: Connect | None = None
-        self.username = ""
-        self.clean_exit = False
-        self.qos2_pending: set[int] = set()
-
-    def send(self, data: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
-
-    def close(self) -> None:
-        if not self.writer.is_closing():
-            self.writer.close()
 
 
 class MiniBroker:
@@ -205,7 +152,7 @@ class MiniBroker:
     # ------------------------------------------------------------------------------------ connections
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(self, reader, writer)
+        conn = Connection(reader, writer)
         self._conns.add(conn)
         try:
             await self._connection(conn)

@@ -40,9 +40,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from edge_mask.capture import MediaError, VideoReader, read_image
 from edge_mask.core.boxes import iou_matrix
 from edge_mask.core.errors import ModelError
 from edge_mask.core.types import Detections, Image
@@ -86,22 +86,15 @@ def frame_positions(total: int, count: int, between: bool = False) -> set[int]:
 
 
 def _video_frames(path: Path, count: int, between: bool = False) -> Iterator[Image]:
-    """`count` frames spread evenly over a video, read sequentially (seeking is unreliable in some codecs)."""
-    capture = cv2.VideoCapture(str(path))
+    """`count` frames spread evenly over a video (positions from its container's frame count), read
+    sequentially by the one reader; an unreadable video is skipped with a warning, like a photo."""
     try:
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        wanted = frame_positions(total, count, between)
-        index = 0
-        while wanted and index <= max(wanted):
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if index in wanted:
-                wanted.discard(index)
-                yield np.asarray(frame, np.uint8)
-            index += 1
-    finally:
-        capture.release()
+        reader = VideoReader(path)
+    except MediaError as exc:
+        log.warning("skipping unreadable video: %s", exc.message)
+        return
+    with reader:
+        yield from reader.sample(frame_positions(reader.info.frames, count, between))
 
 
 def load_images(
@@ -116,11 +109,10 @@ def load_images(
         if file.suffix.lower() in VIDEO_SUFFIXES:
             images.extend(_video_frames(file, frames_per_video, between))
             continue
-        image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if image is None:
-            log.warning("skipping unreadable image %s", file)
-            continue
-        images.append(np.asarray(image, np.uint8))
+        try:
+            images.append(read_image(file))
+        except MediaError as exc:
+            log.warning("skipping unreadable image: %s", exc.message)
     if limit is not None and len(images) > limit:
         keep = np.linspace(0, len(images) - 1, limit).astype(int)
         images = [images[i] for i in keep]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_mask.capture import VideoReader
 from edge_mask.config import EncodeConfig, MaskConfig
 from edge_mask.core.types import Image, MaskedFrame, RawFrame
 from edge_mask.mask.paint import Painter, mask_faces
@@ -31,23 +32,10 @@ DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((640, 480), (1280, 720))
 
 
 def read_clip(path: str | Path, count: int = 60) -> list[Image]:
-    """Up to `count` BGR frames from a video file (looping if it is shorter)."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    frames: list[Image] = []
-    try:
-        while len(frames) < count:
-            ok, image = cap.read()
-            if not ok:
-                if not frames:
-                    raise ValueError(f"{path}: no frames could be read")
-                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                continue
-            frames.append(np.asarray(image, dtype=np.uint8))
-    finally:
-        cap.release()
-    return frames
+    """Up to `count` BGR frames from a video file (looping if it is shorter), through the one reader;
+    MediaError (a UserError) naming the file when it is missing or no frame decodes."""
+    with VideoReader(path, loop=True, max_frames=count) as reader:
+        return list(reader)
 
 
 def _masked(images: Sequence[Image], size: tuple[int, int]) -> list[MaskedFrame]:

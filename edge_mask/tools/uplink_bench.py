@@ -23,7 +23,7 @@ from typing import Any
 
 from edge_mask.config import BrokerConfig, SpoolConfig, UplinkConfig
 from edge_mask.core.errors import UserError
-from edge_mask.tools.bench_live import LocalMosquitto
+from edge_mask.tools.broker import Mosquitto
 from edge_mask.uplink.mqtt_uplink import MqttUplink
 from edge_mask.uplink.spool import open_spool
 
@@ -44,14 +44,16 @@ def bench_jpeg(width: int = 640, height: int = 480, quality: int = 80, video: Pa
     import cv2
     import numpy as np
 
-    image = None
+    from edge_mask.capture import MediaError, VideoReader
+
+    image: Any = None
     if video is not None:
-        cap = cv2.VideoCapture(str(video))
-        for _ in range(30):
-            ok, frame = cap.read()
-            if ok:
-                image = frame
-        cap.release()
+        try:
+            with VideoReader(video, max_frames=30) as reader:
+                for frame in reader:
+                    image = frame  # the 30th frame, or the last of a shorter clip
+        except MediaError as exc:
+            log.warning("uplink bench: %s; using a synthetic image", exc.message)
     if image is None:
         rng = np.random.default_rng(0)
         yy, xx = np.mgrid[0:height, 0:width]
@@ -81,7 +83,8 @@ def run_uplink_bench(
         tmp_dir = Path(tmp)
         local = None
         if broker is None:
-            local = LocalMosquitto(tmp_dir)
+            local = Mosquitto.plain(tmp_dir)
+            local.start()
             broker = BrokerConfig(host="127.0.0.1", port=local.port, tls=None, client_id="edge-mask-bench")
         spool = open_spool(SpoolConfig(path=tmp_dir / "spool"))
         uplink = MqttUplink(UplinkConfig(broker=broker, inflight=inflight, stats_interval_s=3600), "bench", spool)

@@ -2,19 +2,24 @@
 
 Both run their own network loop (`client.loop()` in one thread they own) instead of paho's
 `loop_start()`: paho's automatic reconnect waits a fixed exponential delay without jitter, so a fleet of
-cameras that lost the broker together would reconnect together; and owning the loop lets the uplink
+cameras that lost the broker together would reconnect together (the jittered policy is
+`edge_mask.core.backoff.Backoff`, shared with the capture loop); and owning the loop lets the uplink
 publish from the same thread that handles acknowledgements, with no cross-thread calls into paho.
 
 A fresh paho client is built for every connection attempt, so no state of a dead connection (paho's own
 queue of unacknowledged messages, old message ids) can leak into the next one: the spool is the only
 source of truth for what still has to be sent.
+
+`wait_for_connack` is the one place that runs a fresh connection until the broker answers CONNECT: the
+uplink, the receiver and `edge-mask doctor` all go through it, so "connected" means the same everywhere.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import ssl
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +32,6 @@ from edge_mask.config import BrokerConfig
 from edge_mask.core.errors import KeyMaterialError
 
 log = logging.getLogger(__name__)
-
-
-class Backoff:
-    """Exponential backoff with "full jitter": each wait is uniform in [min, current], current doubling.
-
-    Why jitter: after a broker restart every device retries; spreading the attempts over the window keeps
-    the broker from being hit by the whole fleet in the same instant, again and again.
-    """
-
-    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self.min_s = min_s
-        self.max_s = max(max_s, min_s)
-        self._current = min_s
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        delay = self._rng.uniform(self.min_s, self._current)
-        self._current = min(self.max_s, self._current * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._current = self.min_s
 
 
 def check_tls_files(broker: BrokerConfig, what: str) -> None:
@@ -118,3 +101,34 @@ def connect(client: mqtt.Client, broker: BrokerConfig, *, persistent_session: bo
 def reason_failed(reason_code: Any) -> bool:
     """True for an MQTT 5 failure reason code (>= 0x80); MQTT 3.1.1 acks are always successes in paho."""
     return bool(getattr(reason_code, "is_failure", False))
+
+
+def wait_for_connack(client: mqtt.Client, timeout_s: float, stop: Callable[[], bool] | None = None) -> Any:
+    """Run `client`'s network loop until its CONNACK arrives; returns the reason code, or None.
+
+    Call it right after `connect()`. None means no answer: the timeout passed, `stop()` became true, or the
+    socket failed first (a refused TLS handshake ends here). Check a returned code with `reason_failed`.
+    The client's own `on_connect` (subscribe, publish "online" ...) still runs, from inside this loop;
+    it is wrapped only for the duration of the wait, so the caller keeps its callback afterwards.
+    """
+    answer: list[Any] = []
+    own = client.on_connect
+    call_own: Callable[..., object] | None = own  # paho types on_connect as a union of callback APIs
+
+    def on_connect(cl: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
+        answer.append(reason_code)
+        if call_own is not None:
+            call_own(cl, userdata, flags, reason_code, props)
+
+    client.on_connect = on_connect
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not answer and time.monotonic() < deadline and not (stop is not None and stop()):
+            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
+    finally:
+        client.on_connect = own
+    if not answer:
+        log.debug("no CONNACK within %.1f s", timeout_s)
+        return None
+    return answer[0]

@@ -8,7 +8,7 @@ spool once every chunk got its PUBACK. A PUBACK with an MQTT 5 failure code (0x8
 
 On a lost connection the in-flight set is simply forgotten: those records are still in the spool and are
 sent again, oldest first, after the next CONNACK (the receiver drops the duplicates). Reconnects use
-exponential backoff with jitter (see `edge_mask.uplink.mqtt`). `connected` is true only between a successful
+exponential backoff with jitter (`edge_mask.core.backoff`). `connected` is true only between a successful
 CONNACK and the loss of that connection.
 
 Status: `{prefix}/status` is retained; the broker's LWT sets it to `offline`, the uplink sets `online`
@@ -22,19 +22,19 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from edge_mask.config import UplinkConfig
+from edge_mask.core.backoff import Backoff
 from edge_mask.seal import split_message
-from edge_mask.uplink.mqtt import Backoff, check_tls_files, connect, make_client, reason_failed
+from edge_mask.uplink.base import UPLINKS, StatsSource, Uplink
+from edge_mask.uplink.mqtt import check_tls_files, connect, make_client, reason_failed, wait_for_connack
 from edge_mask.uplink.spool import Spool
 
 log = logging.getLogger(__name__)
 
-StatsSource = Callable[[], dict[str, Any]]
 _LOOP_TIMEOUT_S = 0.02
 _STOP_GRACE_S = 2.0
 
@@ -67,7 +67,6 @@ class MqttUplink:
         self._record_mids: dict[int, set[int]] = {}
         self._hold_until = 0.0
         self._session_up = False
-        self._connack: Any = None
         self._counters = {
             "connects": 0,
             "connect_failures": 0,
@@ -137,7 +136,6 @@ class MqttUplink:
 
     def _open(self, client: mqtt.Client) -> bool:
         """Connect and wait for a successful CONNACK; False (and counted) otherwise."""
-        self._connack = None
         self._session_up = False
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -148,18 +146,14 @@ class MqttUplink:
             self._count("connect_failures")
             log.warning("uplink: cannot connect to %s:%d: %s", self.cfg.broker.host, self.cfg.broker.port, exc)
             return False
-        deadline = time.monotonic() + self.cfg.broker.connect_timeout_s
-        while self._connack is None and time.monotonic() < deadline and not self._stop.is_set():
-            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
-                break
-        if self._connack is None or reason_failed(self._connack):
+        connack = wait_for_connack(client, self.cfg.broker.connect_timeout_s, self._stop.is_set)
+        if connack is None or reason_failed(connack):
             self._count("connect_failures")
-            log.warning("uplink: broker refused or did not answer the connection (CONNACK %s)", self._connack)
+            log.warning("uplink: broker refused or did not answer the connection (CONNACK %s)", connack)
             return False
         return True
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
-        self._connack = reason_code
         if reason_failed(reason_code):
             return
         self._session_up = True
@@ -291,3 +285,10 @@ class MqttUplink:
     def _count(self, name: str) -> None:
         with self._lock:
             self._counters[name] += 1
+
+
+@UPLINKS.register("mqtt")
+def _mqtt_uplink(
+    cfg: UplinkConfig, device_id: str, spool: Spool, stats_source: StatsSource | None = None
+) -> Uplink:
+    return MqttUplink(cfg, device_id, spool, stats_source=stats_source)

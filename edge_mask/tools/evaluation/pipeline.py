@@ -19,11 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
-import numpy as np
-
+from edge_mask import capture
 from edge_mask.config import EdgeConfig, load_config, validate_config
-from edge_mask.core.errors import UserError
 from edge_mask.core.types import Image, RawFrame
 
 if TYPE_CHECKING:
@@ -33,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVAL_DEADLINE_MS = 5000.0
+EVAL_DEFAULT_FPS = 30.0
+"""Frame rate assumed for a video whose container states none (timestamps drive the tracker's hold)."""
 COVERAGE_COLOR = (255, 0, 255)
 """Magenta fill for coverage measurement: rare in photos, so "pixel equals the fill" cannot flatter."""
 
@@ -96,32 +95,20 @@ def mask_still(
 
 
 def read_image(path: Path) -> Image:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"{path}: cannot read this image; check the file exists and is a JPEG or PNG")
-    return np.ascontiguousarray(image, np.uint8)
+    """A photo as BGR, through the one reader (`edge_mask.capture.read_image`); MediaError (a UserError)
+    naming the file when it is missing or unreadable."""
+    return capture.read_image(path)
 
 
 def iter_video(path: Path) -> Iterator[tuple[int, float, Image]]:
-    """(index, timestamp in seconds from the file's frame rate, BGR frame) for every frame of a video."""
-    if not path.is_file():
-        raise UserError(f"{path}: video not found; pass an existing video file")
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise UserError(f"{path}: cannot open this video; check it is a readable mp4/mkv/avi file")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-    try:
-        index = 0
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            yield index, index / fps, np.ascontiguousarray(frame, np.uint8)
-            index += 1
-    finally:
-        capture.release()
-    if index == 0:
-        raise UserError(f"{path}: no frames could be decoded; the file may be corrupt")
+    """(index, timestamp in seconds from the file's frame rate, BGR frame) for every frame of a video.
+
+    A thin generator over the one reader (`edge_mask.capture.VideoReader`); a container without a frame
+    rate is taken as 30 fps, as evaluation always has. MediaError (a UserError) when the file is missing
+    or no frame decodes.
+    """
+    with capture.VideoReader(path, default_fps=EVAL_DEFAULT_FPS) as reader:
+        yield from reader.timed()
 
 
 def video_raw_frame(image: Image, index: int, timestamp: float, start: float) -> RawFrame:
