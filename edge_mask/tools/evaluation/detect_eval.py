@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_mask.capture import read_image
 from edge_mask.config import EdgeConfig
 from edge_mask.core.errors import UserError
 from edge_mask.core.types import FloatArray
@@ -44,7 +45,6 @@ from edge_mask.tools.evaluation.pipeline import (
     EVAL_DEADLINE_MS,
     build_detector,
     mask_still,
-    read_image,
     with_detector,
     with_mask,
 )

@@ -94,12 +94,6 @@ def mask_still(
     return result
 
 
-def read_image(path: Path) -> Image:
-    """A photo as BGR, through the one reader (`edge_mask.capture.read_image`); MediaError (a UserError)
-    naming the file when it is missing or unreadable."""
-    return capture.read_image(path)
-
-
 def iter_video(path: Path) -> Iterator[tuple[int, float, Image]]:
     """(index, timestamp in seconds from the file's frame rate, BGR frame) for every frame of a video.
 

@@ -27,11 +27,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_mask.capture import read_image
 from edge_mask.config import EdgeConfig
 from edge_mask.core.errors import UserError
 from edge_mask.core.types import Image
 from edge_mask.tools.evaluation.metrics import rank1, share_below
-from edge_mask.tools.evaluation.pipeline import build_detector, mask_still, read_image, with_mask
+from edge_mask.tools.evaluation.pipeline import build_detector, mask_still, with_mask
 
 log = logging.getLogger(__name__)
 
