@@ -2,6 +2,7 @@
 
   eval detect --gt DIR     recall and mask coverage per annotated face at several thresholds
   eval leaks VIDEO...      CenterFace judge on original vs masked frames: leaked frames and tracks per clip
+  eval utility [VIDEO...]  masked vs needed share of each frame, collateral, against deface's geometry
   eval reid                face-recognition attacker (dlib ResNet) on clean vs masked probes, per mask style
   eval report              run everything and regenerate docs/evaluation.md and docs/eval/*.png
 
@@ -40,6 +41,17 @@ def register(subparsers: Any) -> None:
     _common(leaks)
     leaks.set_defaults(func=run_leaks)
 
+    utility = sub.add_parser("utility", help="masked against needed share of each frame; deface as the anchor",
+                             description="Masks with the configured geometry painted solid magenta (whatever "
+                             "--style says); the judge (CenterFace) runs on the original frames only.")
+    utility.add_argument("videos", nargs="*", type=Path, metavar="VIDEO", help="default: every shared clip")
+    utility.add_argument("--clips", default=None, metavar="NAMES",
+                         help="comma-separated shared clip names or stems (e.g. eat,short_hamilton_clip)")
+    utility.add_argument("--every", type=int, default=1, metavar="N", help="measure every N-th frame (all masked)")
+    utility.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each clip after N frames")
+    _common(utility)
+    utility.set_defaults(func=run_utility)
+
     reid = sub.add_parser("reid", help="face-recognition attacker against masked probes")
     reid.add_argument("--data", type=Path, default=None, help="identities folder (default ../shared/data/identities)")
     reid.add_argument("--styles", default="original,solid,pixelate,blur,deface", help="comma-separated styles")
@@ -51,8 +63,9 @@ def register(subparsers: Any) -> None:
     report.add_argument("--shared", type=Path, default=None, help="shared data folder (default ../shared)")
     report.add_argument("--out", type=Path, default=REPO / "docs" / "evaluation.md", help="Markdown to write")
     report.add_argument("--assets", type=Path, default=None, help="plots and results.json (default: eval/ beside)")
-    report.add_argument("--sections", default="detect,leaks,reid,bench,compare", help="comma-separated subset")
-    report.add_argument("--every", type=int, default=1, metavar="N", help="leaks: judge every N-th frame")
+    report.add_argument("--sections", default="detect,leaks,utility,reid,bench,compare",
+                        help="comma-separated subset")
+    report.add_argument("--every", type=int, default=1, metavar="N", help="leaks, utility: judge every N-th frame")
     report.add_argument("--rounds", type=int, default=3, help="rounds of the deface comparison")
     report.add_argument("--from-json", type=Path, default=None, metavar="FILE",
                         help="re-render from a saved results.json instead of measuring")
@@ -132,6 +145,54 @@ def run_leaks(args: argparse.Namespace) -> int:
             print(f"{clip['name']:<28} {clip['frames']:>6} {clip['judged_frames']:>6} {clip['judge_faces']:>6} "
                   f"{clip['leaked_frames']:>13} {clip['leaked_tracks']:>6}/{clip['tracks']:<6}")
     return 1 if result["totals"]["leaked_tracks"] else 0
+
+
+def _utility_clips(args: argparse.Namespace) -> list[Path]:
+    """Explicit VIDEO paths, else the shared clips, narrowed by --clips (name or stem)."""
+    from edge_mask.tools.evaluation.report import shared_clips
+
+    clips = list(args.videos) or shared_clips(_shared())
+    if args.clips:
+        wanted = {name.strip() for name in args.clips.split(",") if name.strip()}
+        unknown = wanted - {c.name for c in clips} - {c.stem for c in clips}
+        if unknown:
+            raise UserError(f"--clips: no clip named {', '.join(sorted(unknown))}; "
+                            f"known: {', '.join(c.stem for c in clips)}")
+        clips = [c for c in clips if c.name in wanted or c.stem in wanted]
+    if not clips:
+        raise UserError("no clips to measure: pass VIDEO paths or place the shared data (EDGE_MASK_SHARED)")
+    return clips
+
+
+def run_utility(args: argparse.Namespace) -> int:
+    from edge_mask.tools.evaluation.utility import evaluate_utility
+
+    if args.every < 1:
+        raise UserError("--every must be at least 1")
+    result = evaluate_utility(_utility_clips(args), _cfg(args), args.every, args.max_frames)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_utility(result)
+    return 0
+
+
+def print_utility(result: dict[str, Any]) -> None:
+    """The utility table: one line per clip and the total, edge_mask beside deface's geometry."""
+    print(f"shares of the frame, mean over judged frames (every {result['every']}); needed = head ellipses "
+          f"{result['head_ellipse']['width']}x{result['head_ellipse']['height']} around CenterFace faces > "
+          f"{result['judge']['threshold']}; >half = frames more than half masked; <80% = judge faces less than "
+          f"{result['covered_at']:.0%} covered")
+    print(f"{'':<24} {'':>6} {'':>5} {'':>7} | {'edge_mask':^30} | {'deface 1.5.0 geometry (anchor)':^30}")
+    cells = f"{'masked':>7} {'collat.':>7} {'>half':>6} {'<80%':>6}"
+    print(f"{'clip':<24} {'judged':>6} {'faces':>5} {'needed':>7} | {cells} | {cells}")
+    for clip in [*result["clips"], {**result["totals"], "name": "TOTAL"}]:
+        line = f"{clip['name']:<24} {clip['judged_frames']:>6} {clip['judge_faces']:>5} {clip['needed']:>7.1%}"
+        for key in ("edge_mask", "deface"):
+            m = clip["maskers"][key]
+            line += (f" | {m['masked']:>7.1%} {m['collateral']:>7.1%} {m['over_half_frames']:>6} "
+                     f"{m['faces_uncovered']:>6}")
+        print(line)
 
 
 def run_reid(args: argparse.Namespace) -> int:

