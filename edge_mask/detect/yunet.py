@@ -216,7 +216,8 @@ def _onnx_factory(settings: OnnxDetectorConfig, models: ModelsConfig) -> Detecto
     session = open_session(path, settings.threads, settings.providers)
     log.info("detector: onnxruntime YuNet %s, threads=%d, providers=%s", path.name, settings.threads,
              session.get_providers())
-    return OnnxYuNet(session, settings.threshold, settings.nms_iou, settings.detect_width, settings.max_faces)
+    floor = min(settings.threshold, settings.weak_threshold)  # the tracker decides what below `threshold` to mask
+    return OnnxYuNet(session, floor, settings.nms_iou, settings.detect_width, settings.max_faces)
 
 
 # ----------------------------------------------------------------------------------------------- OpenCV
@@ -268,7 +269,8 @@ def _opencv_factory(settings: OpenCVYuNetDetectorConfig, models: ModelsConfig) -
     if settings.threads:
         cv2.setNumThreads(settings.threads)
     try:
-        detector = OpenCVYuNet(str(path), settings.threshold, settings.nms_iou, settings.detect_width,
+        detector = OpenCVYuNet(str(path), min(settings.threshold, settings.weak_threshold), settings.nms_iou,
+                               settings.detect_width,
                                settings.max_faces)
     except cv2.error as exc:
         raise ModelError(f"{path}: OpenCV cannot load this model as YuNet ({exc.err}); use the fp32 model") from exc
