@@ -149,7 +149,7 @@ def test_fault_injection_yields_no_unmasked_frame(
     (and counted as fail-closed) or passes the judge; the counters match what was injected."""
     cfg = masker_config(model_cache)
     faulty = Faulty(create_detector(cfg.detector, cfg.models), error_rate=0.10, stall_rate=0.05, stall_s=0.6)
-    masker = FaceMasker(faulty, cfg.tracker, cfg.mask, deadline_ms=400)
+    masker = FaceMasker(faulty, cfg.tracker, cfg.mask, deadline_ms=400, sight=cfg.detector.threshold)
     color = np.array(cfg.mask.color, np.uint8)
     outputs = failed = checked = leaks = 0
     try:
