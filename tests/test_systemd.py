@@ -37,6 +37,7 @@ def test_unit_has_the_required_settings() -> None:
     assert "video" in s["SupplementaryGroups"][0].split()
     assert s["StateDirectory"] == ["edge-mask"] and s["ProtectSystem"] == ["strict"]
     assert s["PrivateTmp"] == ["yes"] and s["NoNewPrivileges"] == ["yes"] and s["DevicePolicy"] == ["closed"]
+    assert s["LimitCORE"] == ["0"], "a core dump of the service would hold raw face pixels"
     allowed = [v.split()[0] for v in s["DeviceAllow"]]
     assert "char-video4linux" in allowed and "char-media" in allowed and "char-dma_heap" in allowed
     assert not any("*" in v for v in allowed), "globs do not work in DeviceAllow"
@@ -89,3 +90,17 @@ def test_sd_notify_is_a_no_op_outside_systemd() -> None:
     assert not notifier.enabled and not notifier.ready() and not notifier.watchdog()
     assert Notifier({"NOTIFY_SOCKET": "@abstract-name"}).enabled
     assert Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}).watchdog_interval_s is None
+
+
+def test_the_service_process_forbids_core_dumps() -> None:
+    """`edge-mask run` and `edge-mask mask` call this first; in a child process, so this test's limits stay."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource; from edge_mask.service import forbid_core_dumps; forbid_core_dumps(); "
+        "import ctypes, ctypes.util; libc = ctypes.CDLL(ctypes.util.find_library('c')); "
+        "print(resource.getrlimit(resource.RLIMIT_CORE), libc.prctl(3, 0, 0, 0, 0))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert " ".join(out) == "(0, 0) 0", out  # PR_GET_DUMPABLE (3) answers 0: not dumpable

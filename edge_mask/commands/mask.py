@@ -49,8 +49,9 @@ def batch_config(config: Path | None, style: str | None, threshold: float | None
 
 def run(args: argparse.Namespace) -> int:
     from edge_mask.mask import build_masker
-    from edge_mask.service import run_batch
+    from edge_mask.service import forbid_core_dumps, run_batch
 
+    forbid_core_dumps()  # the unmasked photos and frames are in memory: a core file would hold faces
     cfg = batch_config(args.config, args.style, args.threshold)
     bar = None if args.no_progress else ProgressBar(sys.stderr)
 

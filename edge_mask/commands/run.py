@@ -30,7 +30,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge_mask.config import EdgeConfig, load_config
+    from edge_mask.service import forbid_core_dumps
 
+    forbid_core_dumps()  # raw frames live in this process's memory: a core file would hold faces
     cfg = load_config(args.config, EdgeConfig)
     if args.check_config:
         check_files(cfg)

@@ -7,6 +7,7 @@ queues carry `RawFrame`s only to the masker and `MaskedFrame`s or sealed bytes a
 
 from edge_mask.service.batch import run_batch
 from edge_mask.service.doctor import run_checks
+from edge_mask.service.hygiene import forbid_core_dumps
 from edge_mask.service.live import Service
 
-__all__ = ["Service", "run_batch", "run_checks"]
+__all__ = ["Service", "forbid_core_dumps", "run_batch", "run_checks"]
