@@ -35,7 +35,8 @@ def batch_config(config: Path | None, style: str | None, threshold: float | None
 
     Only the sections the masker reads are validated (detector, models, tracker, mask): a batch user has no
     device id, and a device's config file works too (its camera, seal and uplink sections are not used).
-    Failed frames are always written fully masked in a batch run (never dropped) so outputs keep their length.
+    Failed frames are always written fully masked in a batch run (never dropped) so outputs keep their length,
+    and frames wider than the detection width are also scanned in full-resolution tiles (small faces).
     """
     cfg = load_config(config, MaskerConfig, only_used=True) if config is not None else MaskerConfig()
     data = cfg.model_dump()
@@ -44,6 +45,8 @@ def batch_config(config: Path | None, style: str | None, threshold: float | None
     if threshold is not None:
         data["detector"]["threshold"] = threshold
     data["mask"]["on_failure"] = "mask_frame"
+    if data["detector"].get("type") == "onnx":
+        data["detector"]["tiles"] = True  # small faces in large photos: a batch run has the time for tiles
     return validate_config(data, MaskerConfig, source="command line")
 
 

@@ -217,7 +217,12 @@ def _onnx_factory(settings: OnnxDetectorConfig, models: ModelsConfig) -> Detecto
     log.info("detector: onnxruntime YuNet %s, threads=%d, providers=%s", path.name, settings.threads,
              session.get_providers())
     floor = min(settings.threshold, settings.weak_threshold)  # the tracker decides what below `threshold` to mask
-    return OnnxYuNet(session, floor, settings.nms_iou, settings.detect_width, settings.max_faces)
+    detector: Detector = OnnxYuNet(session, floor, settings.nms_iou, settings.detect_width, settings.max_faces)
+    if settings.tiles:
+        from edge_mask.detect.tiles import TiledDetector
+
+        detector = TiledDetector(detector, settings.detect_width, settings.nms_iou, settings.max_faces)
+    return detector
 
 
 # ----------------------------------------------------------------------------------------------- OpenCV
