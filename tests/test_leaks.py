@@ -44,8 +44,9 @@ from edge_mask.tools.evaluation.judge import CenterFaceJudge
 
 STEP = 3
 # The multi-face clip is judged on every frame: its hardest face (a dark corner) leaked on single frames
-# that every-3rd-frame judging skipped.
-STEP_BY_CLIP = {"short_hamilton_clip.mp4": 1}
+# that every-3rd-frame judging skipped. So is bird.mkv, whose face cut by the frame edge YuNet scores low:
+# faces never detected confidently are held only briefly (tracker v2), so every frame must be checked.
+STEP_BY_CLIP = {"short_hamilton_clip.mp4": 1, "asl/bird.mkv": 1}
 DEADLINE_MS = 5000.0
 MASK_THRESHOLD = OnnxDetectorConfig().threshold  # the product default, so this test guards it
 CLIPS = sorted(

@@ -15,7 +15,8 @@ frame edge), and at that threshold hands and fabric fire too. So evidence decide
   starts a track that is held at once and is matched first; a weaker one first extends tracks that exist,
   and on its own starts a tentative track that earns a hold only when it is detected `confirm_hits` times
   within `confirm_window_s` (a hand that looks like a face for a frame is not held).
-* The hold grows with evidence: `min_hold_s` after one detection, `hold_s` after `FULL_HOLD_HITS`.
+* The hold grows with confident evidence: `min_hold_s` for a track seen once confidently or never (a
+  weak face, a hand), up to `hold_s` after `FULL_HOLD_HITS` confident detections (a face in view).
 * Coasting keeps the box size and moves it with a damped, capped velocity (at most `MAX_COAST_SHIFT` face
   sizes away from where it was last seen); it grows by `grow_per_s` but never past `max_grow` times its
   size. The old box and the moved one are joined, so a wrong velocity cannot uncover the face.
@@ -69,6 +70,8 @@ class Track:
     seen_at: deque[float] = field(default_factory=deque)
     best: float = 0.0
     """The highest score among its detections."""
+    confident_hits: int = 0
+    """Detections at or above `start_score`: the evidence that sets how long the track is held."""
 
     @property
     def size(self) -> float:
@@ -160,8 +163,9 @@ class Tracker:
         self._tracks = []
 
     def hold_of(self, track: Track) -> float:
-        """How long a track is held after its last detection: longer with more evidence."""
-        share = min(1.0, (track.hits - 1) / max(FULL_HOLD_HITS - 1, 1))
+        """How long a track is held after its last detection: `min_hold_s` for a track never detected
+        confidently (a face seen only weakly, or a hand), up to `hold_s` with more confident detections."""
+        share = min(1.0, max(track.confident_hits - 1, 0) / max(FULL_HOLD_HITS - 1, 1))
         shortest = min(self.cfg.min_hold_s, self.cfg.hold_s)
         return shortest + (self.cfg.hold_s - shortest) * share
 
@@ -201,7 +205,7 @@ class Tracker:
         for d in range(len(boxes)):
             if d not in matched_d:
                 track = Track(self._new_id(), boxes[d].copy(), now, confirmed=bool(scores[d] >= start),
-                              best=float(scores[d]))
+                              best=float(scores[d]), confident_hits=int(scores[d] >= start))
                 track.seen_at.append(now)
                 self._tracks.append(track)
                 ids[d] = track.id
@@ -247,6 +251,7 @@ class Tracker:
         while track.seen_at and now - track.seen_at[0] > self.cfg.confirm_window_s:
             track.seen_at.popleft()
         track.best = max(track.best, score)
+        track.confident_hits += int(score >= self.cfg.start_score)
         # Held once confident, or seen often enough with at least one detection the masker shows on sight:
         # a blob that only ever scores under `sight` is masked while it is seen again, never held.
         if score >= self.cfg.start_score or (len(track.seen_at) >= self.cfg.confirm_hits and track.best >= sight):
