@@ -167,6 +167,10 @@ def ensure_model(models: ModelsConfig, say: Say) -> str:
     if not report.get("passed"):
         say("model: the int8 model failed its parity check; running the fp32 model")
         return "fp32"
+    head = report["parity"]
+    say(f"model: the int8 model passed its parity gate at threshold {head['threshold']} (recall {head['recall']:.3f}, "
+        f"precision {head['precision']:.3f} against fp32); precision 'auto' times both and runs the faster "
+        "(the detector's log line says which)")
     return "auto"
 
 
