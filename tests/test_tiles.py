@@ -37,7 +37,8 @@ def test_tile_windows_cover_the_frame_with_overlap() -> None:
 def test_batch_masking_uses_tiles() -> None:
     from edge_mask.commands.mask import batch_config
 
-    assert batch_config(None, None, None).detector.tiles is True
+    batch = batch_config(None, None, None).detector
+    assert batch.tiles is True and batch.max_faces >= 1000 and batch.deadline_ms >= 5000
     assert validate_config({"device_id": "d"}, EdgeConfig).detector.tiles is False  # the live service
 
 
@@ -47,7 +48,8 @@ def test_no_face_left_visible_in_the_new_photos(name: str, shared_data: Path, mo
     from edge_mask.tools.evaluation.judge import CenterFaceJudge
 
     cfg = validate_config({"device_id": "photos", "models": model_cache.model_dump(mode="json"),
-                           "detector": {"precision": "int8", "tiles": True}, "mask": {"color": list(MAGENTA)}},
+                           "detector": {"precision": "int8", "tiles": True, "max_faces": 2000},
+                           "mask": {"color": list(MAGENTA)}},
                           EdgeConfig)
     detector = build_detector(cfg)
     judge = CenterFaceJudge(threshold=0.5, threads=2)

@@ -30,13 +30,19 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+BATCH_MAX_FACES = 2000
+BATCH_DEADLINE_MS = 10_000.0
+"""Detection deadline of a batch run (the live service's default is 250 ms)."""
+
+
 def batch_config(config: Path | None, style: str | None, threshold: float | None) -> MaskerConfig:
     """The config a batch run uses: the file's (or defaults) with the command-line overrides.
 
     Only the sections the masker reads are validated (detector, models, tracker, mask): a batch user has no
     device id, and a device's config file works too (its camera, seal and uplink sections are not used).
     Failed frames are always written fully masked in a batch run (never dropped) so outputs keep their length,
-    and frames wider than the detection width are also scanned in full-resolution tiles (small faces).
+    frames wider than the detection width are also scanned in full-resolution tiles (small faces), and the
+    detection deadline is 10 s instead of the live 250 ms.
     """
     cfg = load_config(config, MaskerConfig, only_used=True) if config is not None else MaskerConfig()
     data = cfg.model_dump()
@@ -47,6 +53,10 @@ def batch_config(config: Path | None, style: str | None, threshold: float | None
     data["mask"]["on_failure"] = "mask_frame"
     if data["detector"].get("type") == "onnx":
         data["detector"]["tiles"] = True  # small faces in large photos: a batch run has the time for tiles
+        # a crowd photo has more than 200 detections at 0.25: the live cap would drop the weakest faces
+        data["detector"]["max_faces"] = max(int(data["detector"].get("max_faces", 0)), BATCH_MAX_FACES)
+    # No frame rate to keep: a busy machine must not black out a photo; a hung detector still fails closed.
+    data["detector"]["deadline_ms"] = max(float(data["detector"].get("deadline_ms", 0.0)), BATCH_DEADLINE_MS)
     return validate_config(data, MaskerConfig, source="command line")
 
 
