@@ -47,8 +47,7 @@ def test_every_ground_truth_face_is_covered(
     truth = ground_truth(folder)
     assert sum(len(b) for _, b in truth) == 43
     detector = create_detector(OnnxDetectorConfig(model=model, precision=precision), model_cache)
-    masker = FaceMasker(detector, TrackerConfig(), MaskConfig(color=MAGENTA), deadline_ms=250,
-                        sight=OnnxDetectorConfig().threshold)  # as the product masks: on sight from 0.25
+    masker = FaceMasker(detector, TrackerConfig(), MaskConfig(color=MAGENTA), deadline_ms=250)
     rows = []
     try:
         for name, boxes in truth:

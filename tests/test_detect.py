@@ -16,11 +16,11 @@ import pytest
 
 from edge_mask.capture import read_image
 from edge_mask.config import ModelsConfig, OnnxDetectorConfig, OpenCVYuNetDetectorConfig
-from edge_mask.core.boxes import iou_matrix
+from edge_mask.core.boxes import iou_matrix, nms
 from edge_mask.core.errors import ConfigError, UserError
 from edge_mask.core.types import Detections
 from edge_mask.detect import DETECTORS, create_detector, make_blob, plan_input, resolve_providers
-from edge_mask.detect.yunet import decode, nms, postprocess
+from edge_mask.detect.yunet import decode, postprocess
 
 # ------------------------------------------------------------------------------------- synthetic / unit
 
@@ -203,7 +203,7 @@ def test_detector_finds_the_annotated_faces(model: str, precision: str, model_ca
 def test_detections_are_valid_and_downscaling_maps_back(model_cache: ModelsConfig, shared_data: Path) -> None:
     image = read_image(shared_data / "faces-dlib" / "2008_002506.jpg")
     big = cv2.resize(image, None, fx=3.0, fy=3.0, interpolation=cv2.INTER_CUBIC)  # 1500x1125
-    settings = OnnxDetectorConfig(model="yunet-fp32-dynamic", precision="fp32", detect_width=500, weak_threshold=0.25)
+    settings = OnnxDetectorConfig(model="yunet-fp32-dynamic", precision="fp32", detect_width=500)
     detector = create_detector(settings, model_cache)
     small, large = detector.detect(image), detector.detect(big)
     assert len(small) == 3 and len(large) == 3
@@ -218,9 +218,8 @@ def test_detections_are_valid_and_downscaling_maps_back(model_cache: ModelsConfi
 
 def test_opencv_backend_agrees_with_onnx(model_cache: ModelsConfig, shared_data: Path) -> None:
     image = read_image(shared_data / "faces-dlib" / "2008_002470.jpg")
-    # weak_threshold = threshold: the detectors alone, without the tracker's weak path
-    onnx = create_detector(OnnxDetectorConfig(model="yunet-fp32", precision="fp32", weak_threshold=0.25), model_cache)
-    ocv = create_detector(OpenCVYuNetDetectorConfig(model="yunet-fp32", weak_threshold=0.25), model_cache)
+    onnx = create_detector(OnnxDetectorConfig(model="yunet-fp32", precision="fp32"), model_cache)
+    ocv = create_detector(OpenCVYuNetDetectorConfig(model="yunet-fp32"), model_cache)
     a, b = onnx.detect(image), ocv.detect(image)
     assert len(a) == len(b) == 6
     ious = iou_matrix(a.boxes, b.boxes)

@@ -44,8 +44,7 @@ from edge_mask.tools.evaluation.judge import CenterFaceJudge
 
 STEP = 3
 # The multi-face clip is judged on every frame: its hardest face (a dark corner) leaked on single frames
-# that every-3rd-frame judging skipped. So is bird.mkv, whose face cut by the frame edge YuNet scores low:
-# faces never detected confidently are held only briefly (tracker v2), so every frame must be checked.
+# that every-3rd-frame judging skipped. So is bird.mkv, whose face cut by the frame edge YuNet scores low.
 STEP_BY_CLIP = {"short_hamilton_clip.mp4": 1, "asl/bird.mkv": 1}
 DEADLINE_MS = 5000.0
 MASK_THRESHOLD = OnnxDetectorConfig().threshold  # the product default, so this test guards it
@@ -150,7 +149,7 @@ def test_fault_injection_yields_no_unmasked_frame(
     (and counted as fail-closed) or passes the judge; the counters match what was injected."""
     cfg = masker_config(model_cache)
     faulty = Faulty(create_detector(cfg.detector, cfg.models), error_rate=0.10, stall_rate=0.05, stall_s=0.6)
-    masker = FaceMasker(faulty, cfg.tracker, cfg.mask, deadline_ms=400, sight=cfg.detector.threshold)
+    masker = FaceMasker(faulty, cfg.tracker, cfg.mask, deadline_ms=400)
     color = np.array(cfg.mask.color, np.uint8)
     outputs = failed = checked = leaks = 0
     try:

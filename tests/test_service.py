@@ -422,8 +422,7 @@ def test_hung_detector_fails_closed_and_stops_the_watchdog(
     settings["detector"]["deadline_ms"] = 200.0
     cfg = validate_config(settings, EdgeConfig)
     detector = HangingDetector(create_detector(cfg.detector, cfg.models), hang_at=12)  # 1 warm-up call + 11 frames
-    masker = FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms,  # type: ignore[arg-type]
-                        sight=cfg.detector.threshold)
+    masker = FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms)  # type: ignore[arg-type]
     service = Service(cfg, notifier=notifier_for(notify_socket), masker=masker)
     thread, result = run_in_thread(service)
     try:

@@ -86,17 +86,15 @@ class OnnxDetectorConfig(Section):
     passed parity. Frames wider than `detect_width` are downscaled for detection and boxes mapped back.
 
     `threshold` is 0.25, below YuNet's usual 0.5: on the shared clips the independent judge found faces
-    that YuNet scores 0.08-0.39 (cut by the frame edge, in a dark corner). Every detection at or above
-    `threshold` is masked; below it, down to `weak_threshold` (0.07), a detection is masked only where it
-    extends a tracked face, so such a face stays masked on every frame without masking every weak blob.
+    that YuNet scores 0.12-0.36 (cut by the frame edge, in a dark corner); at 0.25 they are detected often
+    enough for the tracker to hold them, at 0.5 they leak. Missing a face is a breach; masking a hand by
+    mistake costs only some picture.
     """
 
     type: Literal["onnx"] = "onnx"
     model: str = "yunet-int8"
     precision: Literal["auto", "int8", "fp32"] = "auto"
     threshold: Fraction = 0.25
-    weak_threshold: Fraction = 0.07
-    """Detections from here up to `threshold` are masked only where they extend a tracked face."""
     nms_iou: Fraction = 0.3
     detect_width: Annotated[int, Field(ge=32, le=4096)] = 640
     threads: Annotated[int, Field(ge=0, le=64)] = 2
@@ -114,8 +112,6 @@ class OpenCVYuNetDetectorConfig(Section):
     type: Literal["opencv_yunet"] = "opencv_yunet"
     model: str = "yunet-fp32"
     threshold: Fraction = 0.25
-    weak_threshold: Fraction = 0.07
-    """Detections from here up to `threshold` are masked only where they extend a tracked face."""
     nms_iou: Fraction = 0.3
     detect_width: Annotated[int, Field(ge=32, le=4096)] = 640
     threads: Annotated[int, Field(ge=0, le=64)] = 2
@@ -139,28 +135,13 @@ class ModelsConfig(Section):
 
 
 class TrackerConfig(Section):
-    """Keeps faces masked through short detection gaps (a face missed for one frame is a leak), and only
-    faces: evidence decides how long a face is held (see `edge_mask/mask/track.py`).
-
-    Every detection is masked in its own frame. A detection scoring `start_score` or more starts a held
-    track; a weaker one is held only once seen `confirm_hits` times within `confirm_window_s`. A held face
-    stays masked `min_hold_s` after a single detection and `hold_s` once seen a few times; while held, its
-    box grows by `grow_per_s` up to `max_grow` times its size. A scene cut (`cut_threshold`, 0 = off) ends
-    the holds of the old shot.
-    """
+    """Keeps faces masked through short detection gaps (a face missed for one frame is a leak)."""
 
     # 1.5 s: at 0.8 s a face in a dark corner of the shared press clip, detected only now and then, leaked
-    # on 7 of 275 frames under the independent judge.
+    # on 7 of 275 frames under the independent judge; a longer hold can only add masking, never remove it.
     hold_s: Annotated[float, Field(ge=0.5, le=10)] = 1.5
-    min_hold_s: Annotated[float, Field(ge=0.1, le=10)] = 0.5
-    start_score: Fraction = 0.5
-    confirm_hits: Annotated[int, Field(ge=1, le=30)] = 3
-    confirm_window_s: Annotated[float, Field(gt=0, le=10)] = 1.0
     grow_per_s: Annotated[float, Field(ge=0, le=5)] = 0.5
-    max_grow: Annotated[float, Field(ge=1, le=3)] = 1.3
     match_iou: Fraction = 0.1
-    max_gate_px: Positive = 120.0
-    cut_threshold: Fraction = 0.08
     max_tracks: PositiveInt = 256
 
 

@@ -1,4 +1,4 @@
-"""Box arithmetic shared by detection, tracking and evaluation: the one IoU.
+"""Box arithmetic shared by detection, tracking and evaluation: the one IoU and greedy NMS.
 
 Ground room: numpy only, no I/O. Boxes are (N, 4) arrays of x1 y1 x2 y2 in pixels.
 """
@@ -25,3 +25,17 @@ def iou_matrix(a: Any, b: Any) -> npt.NDArray[np.float32]:
     union = area_a[:, None] + area_b[None, :] - inter
     result: npt.NDArray[np.float32] = (inter / np.maximum(union, 1e-9)).astype(np.float32)
     return result
+
+
+def nms(boxes: Any, scores: Any, iou_threshold: float, max_keep: int) -> npt.NDArray[np.intp]:
+    """Greedy non-maximum suppression: indices of kept boxes, best score first, at most `max_keep`."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size and len(keep) < max_keep:
+        best = int(order[0])
+        keep.append(best)
+        if order.size == 1:
+            break
+        overlap = iou_matrix(boxes[best : best + 1], boxes[order[1:]])[0]
+        order = order[1:][overlap <= iou_threshold]
+    return np.asarray(keep, dtype=np.intp)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_mask.core.boxes import nms
 from edge_mask.core.types import Detections, Image
 from edge_mask.detect.base import Detector
-from edge_mask.detect.yunet import nms
 
 OVERLAP = 0.25
 

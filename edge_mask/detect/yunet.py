@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mask.config import ModelsConfig, OnnxDetectorConfig, OpenCVYuNetDetectorConfig
-from edge_mask.core.boxes import iou_matrix
+from edge_mask.core.boxes import nms
 from edge_mask.core.errors import ModelError
 from edge_mask.core.types import Detections, FloatArray, Image
 from edge_mask.detect.base import DETECTORS, Detector
@@ -147,20 +147,6 @@ def decode(
     )
 
 
-def nms(boxes: FloatArray, scores: FloatArray, iou_threshold: float, max_keep: int) -> npt.NDArray[np.intp]:
-    """Greedy non-maximum suppression: indices of kept boxes, best score first, at most `max_keep`."""
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size and len(keep) < max_keep:
-        best = int(order[0])
-        keep.append(best)
-        if order.size == 1:
-            break
-        overlap = iou_matrix(boxes[best : best + 1], boxes[order[1:]])[0]
-        order = order[1:][overlap <= iou_threshold]
-    return np.asarray(keep, dtype=np.intp)
-
-
 def postprocess(
     outputs: Mapping[str, npt.NDArray[np.float32]],
     box: Letterbox,
@@ -216,8 +202,8 @@ def _onnx_factory(settings: OnnxDetectorConfig, models: ModelsConfig) -> Detecto
     session = open_session(path, settings.threads, settings.providers)
     log.info("detector: onnxruntime YuNet %s, threads=%d, providers=%s", path.name, settings.threads,
              session.get_providers())
-    floor = min(settings.threshold, settings.weak_threshold)  # the tracker decides what below `threshold` to mask
-    detector: Detector = OnnxYuNet(session, floor, settings.nms_iou, settings.detect_width, settings.max_faces)
+    detector: Detector = OnnxYuNet(session, settings.threshold, settings.nms_iou, settings.detect_width,
+                                   settings.max_faces)
     if settings.tiles:
         from edge_mask.detect.tiles import TiledDetector
 
@@ -274,8 +260,7 @@ def _opencv_factory(settings: OpenCVYuNetDetectorConfig, models: ModelsConfig) -
     if settings.threads:
         cv2.setNumThreads(settings.threads)
     try:
-        detector = OpenCVYuNet(str(path), min(settings.threshold, settings.weak_threshold), settings.nms_iou,
-                               settings.detect_width,
+        detector = OpenCVYuNet(str(path), settings.threshold, settings.nms_iou, settings.detect_width,
                                settings.max_faces)
     except cv2.error as exc:
         raise ModelError(f"{path}: OpenCV cannot load this model as YuNet ({exc.err}); use the fp32 model") from exc

@@ -1,37 +1,19 @@
-"""Temporal safety without ballooning: keep every face masked through short detection gaps, and only faces.
+"""Temporal safety: keep every face masked through short detection gaps.
 
 Why a tracker at all: a detector misses a face now and then (motion blur, a hand in front, a turned head).
-One frame without a mask is a leak, so a face that was seen stays masked for a while after its last
-detection. Holding everything the detector reports, however weak, masked a third of every frame: the
-detector runs at a low threshold (0.25) to catch faces it scores low (a dark corner, a face cut by the
-frame edge), and at that threshold hands and fabric fire too. So evidence decides what is held:
+One frame without a mask is a leak, so each face that was detected stays masked for `hold_s` seconds after
+its last detection. While it is held, its box moves on with the velocity estimated from its recent matches
+(constant-velocity prediction) and grows by `grow_per_s` of its size per second, because the longer we have
+not seen a face, the less we know where it is.
 
-* Every detection at or above the detector's `threshold` (`sight`) is masked in the frame it is seen:
-  the safety of the low threshold stays.
-* Detections below it, down to the detector's `weak_threshold`, are masked where a face was already
-  seen: when they extend a track (a face the detector scores 0.1-0.2 in a dark corner is found at the same
-  place frame after frame; noise is not). On their own they only start a tentative track.
-* Three thresholds, in the spirit of ByteTrack's two: a confident detection (score >= `start_score`)
-  starts a track that is held at once and is matched first; a weaker one first extends tracks that exist,
-  and on its own starts a tentative track that earns a hold only when it is detected `confirm_hits` times
-  within `confirm_window_s` (a hand that looks like a face for a frame is not held).
-* The hold grows with confident evidence: `min_hold_s` for a track seen once confidently or never (a
-  weak face, a hand), up to `hold_s` after `FULL_HOLD_HITS` confident detections (a face in view).
-* Coasting keeps the box size and moves it with a damped, capped velocity (at most `MAX_COAST_SHIFT` face
-  sizes away from where it was last seen); it grows by `grow_per_s` but never past `max_grow` times its
-  size. The old box and the moved one are joined, so a wrong velocity cannot uncover the face.
-* Association is gated in face sizes and in pixels (`max_gate_px`) and by size ratio, so a large box
-  cannot capture detections across the frame and grow with them.
-* A hard scene cut (`cut=True`, see `scene.py`) ends the tracks of the old shot.
-
-Time comes from the frame's `monotonic` stamp, never from the wall clock here, so batch video uses video
-time and tests use synthetic stamps.
+Detections are matched to tracks by IoU (a low threshold) or, for fast motion where consecutive boxes no
+longer overlap, by centre distance relative to the face size. Time comes from the frame's `monotonic`
+stamp, never from the wall clock here, so batch video uses video time and tests use synthetic stamps.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,46 +26,31 @@ from edge_mask.core.types import FloatArray
 log = logging.getLogger(__name__)
 
 CENTER_MATCH = 1.0
-"""A detection whose centre lies within this many face sizes (and `max_gate_px`) of a track may match it."""
-MAX_SIZE_RATIO = 2.0
-"""A detection more than this many times larger or smaller than a track never matches it."""
+"""A detection whose centre lies within this many face sizes of a track's predicted centre may match it."""
 VELOCITY_SMOOTHING = 0.6
-"""Weight of the newest velocity measurement (exponential smoothing of the centre's velocity)."""
+"""Weight of the newest velocity measurement (exponential smoothing of box velocity)."""
 MAX_SPEED = 10.0
 """Cap on predicted motion, in face sizes per second, so one bad match cannot throw a mask across the frame."""
-MAX_COAST_SHIFT = 0.5
-"""A coasting box moves at most this many face sizes away from where the face was last seen."""
-FULL_HOLD_HITS = 5
-"""Detections after which a track is held for the full `hold_s`."""
 
 
 @dataclass
 class Track:
-    """One face: its last detected box, its centre velocity (pixels/s), when and how often it was seen."""
+    """One face: its last detected box, its box velocity (pixels/s per coordinate) and when it was seen."""
 
     id: int
     box: FloatArray
+    velocity: FloatArray
     last_seen: float
-    confirmed: bool
-    velocity: FloatArray = field(default_factory=lambda: np.zeros(2, np.float32))
     hits: int = 1
-    seen_at: deque[float] = field(default_factory=deque)
-    best: float = 0.0
-    """The highest score among its detections."""
-    confident_hits: int = 0
-    """Detections at or above `start_score`: the evidence that sets how long the track is held."""
-
-    @property
-    def size(self) -> float:
-        return float(max(self.box[2] - self.box[0], self.box[3] - self.box[1], 1.0))
 
     def predict(self, now: float) -> FloatArray:
-        """The last box moved by the capped velocity to `now`; its size is kept."""
+        """Where the box should be at `now`: moved by the capped velocity, not yet grown."""
         dt = max(0.0, now - self.last_seen)
+        size = float(max(self.box[2] - self.box[0], self.box[3] - self.box[1], 1.0))
         shift = self.velocity * dt
-        limit = min(MAX_SPEED * dt, MAX_COAST_SHIFT) * self.size
+        limit = MAX_SPEED * size * dt
         shift = np.clip(shift, -limit, limit)
-        moved: FloatArray = (self.box + np.concatenate([shift, shift])).astype(np.float32)
+        moved: FloatArray = (self.box + shift).astype(np.float32)
         return moved
 
 
@@ -92,15 +59,13 @@ class TrackResult:
     """What to mask this frame.
 
     `regions` are face boxes (x1, y1, x2, y2) in frame pixels, not yet padded into head regions: first the
-    detections of this frame (same order as given), then the held tracks' coasting boxes.
+    detections of this frame (same order as given), then the held tracks' predicted and grown boxes.
     """
 
     regions: FloatArray
     detected: int
     held: int
     track_ids: tuple[int, ...] = field(default=())
-    masked_detections: tuple[int, ...] = field(default=())
-    """Indices (into this frame's detections) of the detections in `regions`, in order."""
 
 
 def grow(boxes: FloatArray, factor: npt.NDArray[np.float32]) -> FloatArray:
@@ -110,27 +75,20 @@ def grow(boxes: FloatArray, factor: npt.NDArray[np.float32]) -> FloatArray:
     return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
 
 
-def match(
-    predicted: FloatArray, detected: FloatArray, min_iou: float, max_gate_px: float = float("inf")
-) -> list[tuple[int, int]]:
+def match(predicted: FloatArray, detected: FloatArray, min_iou: float) -> list[tuple[int, int]]:
     """Greedy one-to-one (track, detection) pairs, best first.
 
-    A pair qualifies when IoU >= `min_iou`, or when the centres are closer than CENTER_MATCH face sizes and
-    `max_gate_px` pixels; never when one box is more than MAX_SIZE_RATIO times the other. Pairs are ranked
-    by IoU minus the normalised centre distance, so overlap wins and distance breaks ties.
+    A pair qualifies when IoU >= `min_iou` or the centres are closer than CENTER_MATCH face sizes; it is
+    ranked by IoU minus the normalised centre distance, so overlap wins and distance breaks ties.
     """
     if len(predicted) == 0 or len(detected) == 0:
         return []
     iou = iou_matrix(predicted, detected)
     pc = (predicted[:, :2] + predicted[:, 2:]) / 2
     dc = (detected[:, :2] + detected[:, 2:]) / 2
-    p_size = np.maximum((predicted[:, 2:] - predicted[:, :2]).max(axis=1), 1.0)
-    d_size = np.maximum((detected[:, 2:] - detected[:, :2]).max(axis=1), 1.0)
-    pixels = np.linalg.norm(pc[:, None, :] - dc[None, :, :], axis=2)
-    dist = pixels / p_size[:, None]
-    ratio = np.maximum(p_size[:, None] / d_size[None, :], d_size[None, :] / p_size[:, None])
-    near = (dist < CENTER_MATCH) & (pixels < max_gate_px)
-    ok = ((iou >= min_iou) | near) & (ratio <= MAX_SIZE_RATIO)
+    size = np.maximum((predicted[:, 2:] - predicted[:, :2]).max(axis=1), 1.0)
+    dist = np.linalg.norm(pc[:, None, :] - dc[None, :, :], axis=2) / size[:, None]
+    ok = (iou >= min_iou) | (dist < CENTER_MATCH)
     score = np.where(ok, iou - 0.5 * dist, -np.inf)
     pairs: list[tuple[int, int]] = []
     used_t: set[int] = set()
@@ -148,7 +106,7 @@ def match(
 
 
 class Tracker:
-    """Holds, predicts and (within a cap) grows face boxes between detections (see module docstring)."""
+    """Holds, predicts and grows face boxes between detections (see module docstring)."""
 
     def __init__(self, cfg: TrackerConfig) -> None:
         self.cfg = cfg
@@ -162,83 +120,39 @@ class Tracker:
         """Forget all faces (a new video or camera stream starts)."""
         self._tracks = []
 
-    def hold_of(self, track: Track) -> float:
-        """How long a track is held after its last detection: `min_hold_s` for a track never detected
-        confidently (a face seen only weakly, or a hand), up to `hold_s` with more confident detections."""
-        share = min(1.0, max(track.confident_hits - 1, 0) / max(FULL_HOLD_HITS - 1, 1))
-        shortest = min(self.cfg.min_hold_s, self.cfg.hold_s)
-        return shortest + (self.cfg.hold_s - shortest) * share
-
-    def update(
-        self,
-        boxes: FloatArray,
-        now: float,
-        scores: npt.NDArray[np.float32] | None = None,
-        cut: bool = False,
-        sight: float = 0.0,
-    ) -> TrackResult:
-        """Feed this frame's detections (boxes (N, 4), scores (N,); no scores = all confident) at monotonic
-        time `now`, with `cut` when the frame starts a new shot; get the boxes to mask. Detections scoring
-        below `sight` are masked only where they extend a track."""
+    def update(self, boxes: FloatArray, now: float) -> TrackResult:
+        """Feed this frame's detected face boxes (N, 4) at monotonic time `now`; get the boxes to mask."""
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        scores = np.ones(len(boxes), np.float32) if scores is None else np.asarray(scores, np.float32).reshape(-1)
-        if cut and self._tracks:
-            log.debug("scene cut: %d tracks of the old shot ended", len(self._tracks))
-            self._tracks = []
-        self._expire(now)
+        # Forget tracks that have not been seen for longer than the hold time.
+        self._tracks = [t for t in self._tracks if now - t.last_seen <= self.cfg.hold_s]
         predicted = (
             np.stack([t.predict(now) for t in self._tracks]) if self._tracks else np.zeros((0, 4), np.float32)
         )
-        pairs: list[tuple[int, int]] = []
-        start = self.cfg.start_score
-        for chosen in (scores >= start, (scores < start) & (scores >= sight), scores < sight):
-            left = [t for t in range(len(self._tracks)) if t not in {p for p, _ in pairs}]
-            pairs += self._associate(predicted, boxes, np.flatnonzero(chosen), left)
-        for t, d in pairs:
-            self._observe(self._tracks[t], boxes[d], now, float(scores[d]), sight)
+        pairs = match(predicted, boxes, self.cfg.match_iou)
         matched_t = {t for t, _ in pairs}
         matched_d = {d for _, d in pairs}
-        held = [i for i in range(len(self._tracks)) if i not in matched_t and self._tracks[i].confirmed]
+        for t, d in pairs:
+            self._observe(self._tracks[t], boxes[d], now)
+        held = [i for i in range(len(self._tracks)) if i not in matched_t]
         held_regions = self._held_regions(held, predicted, now)
         ids: dict[int, int] = {d: self._tracks[t].id for t, d in pairs}
         held_ids = tuple(self._tracks[i].id for i in held)
         for d in range(len(boxes)):
             if d not in matched_d:
-                track = Track(self._new_id(), boxes[d].copy(), now, confirmed=bool(scores[d] >= start),
-                              best=float(scores[d]), confident_hits=int(scores[d] >= start))
-                track.seen_at.append(now)
+                track = Track(self._new_id(), boxes[d].copy(), np.zeros(4, np.float32), now)
                 self._tracks.append(track)
                 ids[d] = track.id
         self._enforce_limit()
-        shown = tuple(d for d in range(len(boxes)) if scores[d] >= sight or d in matched_d)
-        track_ids = tuple(ids[d] for d in shown) + held_ids
-        regions = np.concatenate([boxes[list(shown)], held_regions], axis=0)
-        return TrackResult(regions.astype(np.float32), detected=len(shown), held=len(held_regions),
-                           track_ids=track_ids, masked_detections=shown)
+        track_ids = tuple(ids[d] for d in range(len(boxes))) + held_ids
+        regions = np.concatenate([boxes, held_regions], axis=0) if len(held_regions) else boxes.copy()
+        return TrackResult(regions.astype(np.float32), detected=len(boxes), held=len(held_regions), track_ids=track_ids)
 
     # ------------------------------------------------------------------------------------------ internals
 
-    def _expire(self, now: float) -> None:
-        """Confirmed tracks live for their hold; tentative ones for the confirmation window."""
-        self._tracks = [
-            t for t in self._tracks
-            if now - t.last_seen <= (self.hold_of(t) if t.confirmed else self.cfg.confirm_window_s)
-        ]
-
-    def _associate(
-        self, predicted: FloatArray, boxes: FloatArray, detections: npt.NDArray[np.intp], tracks: range | list[int]
-    ) -> list[tuple[int, int]]:
-        """Match a subset of detections to a subset of tracks; indices come back in the full lists."""
-        tracks = list(tracks)
-        if not tracks or len(detections) == 0:
-            return []
-        found = match(predicted[tracks], boxes[detections], self.cfg.match_iou, self.cfg.max_gate_px)
-        return [(tracks[t], int(detections[d])) for t, d in found]
-
-    def _observe(self, track: Track, box: FloatArray, now: float, score: float, sight: float) -> None:
+    def _observe(self, track: Track, box: FloatArray, now: float) -> None:
         dt = now - track.last_seen
         if dt > 1e-6:
-            measured = ((box[:2] + box[2:]) - (track.box[:2] + track.box[2:])) / 2 / dt
+            measured = (box - track.box) / dt
             track.velocity = (
                 VELOCITY_SMOOTHING * measured + (1 - VELOCITY_SMOOTHING) * track.velocity
                 if track.hits > 1
@@ -247,23 +161,17 @@ class Tracker:
         track.box = box.astype(np.float32).copy()
         track.last_seen = now
         track.hits += 1
-        track.seen_at.append(now)
-        while track.seen_at and now - track.seen_at[0] > self.cfg.confirm_window_s:
-            track.seen_at.popleft()
-        track.best = max(track.best, score)
-        track.confident_hits += int(score >= self.cfg.start_score)
-        # Held once confident, or seen often enough with at least one detection the masker shows on sight:
-        # a blob that only ever scores under `sight` is masked while it is seen again, never held.
-        if score >= self.cfg.start_score or (len(track.seen_at) >= self.cfg.confirm_hits and track.best >= sight):
-            track.confirmed = True
 
     def _held_regions(self, held: list[int], predicted: FloatArray, now: float) -> FloatArray:
-        """Coasting boxes of confirmed, unmatched tracks, grown a little with age (capped), joined with the
-        last seen box so that a wrong velocity estimate cannot uncover the face."""
+        """Predicted boxes of unmatched tracks, grown with age and joined with the last seen box.
+
+        Joining with the last box keeps the face covered even when the velocity estimate is wrong (a
+        person who stops moving exactly when the detector loses them).
+        """
         if not held:
             return np.zeros((0, 4), np.float32)
         age = np.array([max(0.0, now - self._tracks[i].last_seen) for i in held], np.float32)
-        factor = np.minimum(1.0 + self.cfg.grow_per_s * age, self.cfg.max_grow).astype(np.float32)
+        factor = (1.0 + self.cfg.grow_per_s * age).astype(np.float32)
         moved = grow(predicted[held], factor)
         last = np.stack([self._tracks[i].box for i in held])
         return np.concatenate([np.minimum(moved[:, :2], last[:, :2]), np.maximum(moved[:, 2:], last[:, 2:])], axis=1)

@@ -75,11 +75,10 @@ def build_detector(cfg: EdgeConfig) -> SharedDetector:
 
 
 def new_masker(cfg: EdgeConfig, detector: SharedDetector, deadline_ms: float = EVAL_DEADLINE_MS) -> Any:
-    """A fresh `FaceMasker` (fresh tracker) over a shared detector, masking as the product does: on sight
-    from the detector's threshold, weaker detections only where they extend a track."""
+    """A fresh `FaceMasker` (fresh tracker) over a shared detector."""
     from edge_mask.mask.engine import FaceMasker
 
-    return FaceMasker(detector, cfg.tracker, cfg.mask, deadline_ms, sight=cfg.detector.threshold)
+    return FaceMasker(detector, cfg.tracker, cfg.mask, deadline_ms)
 
 
 def mask_still(
