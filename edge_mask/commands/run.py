@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -51,11 +52,17 @@ def run(args: argparse.Namespace) -> int:
     }
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
-        return service.run()
+        code = service.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sys.stdout.flush()
+    # Leave without the interpreter's teardown: native libraries (onnxruntime, OpenCV) may still own threads
+    # whose destructors ran into std::terminate (SIGABRT, exit -6) after a clean SIGTERM stop. Everything
+    # that matters is durable by now: the service closed the spool and said goodbye to the broker.
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def check_files(cfg: Any) -> None:
