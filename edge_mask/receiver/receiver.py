@@ -39,7 +39,7 @@ from edge_mask.core.backoff import Backoff
 from edge_mask.core.errors import MessageError, UserError
 from edge_mask.receiver.store import FrameStore
 from edge_mask.seal import Opener, Reassembler, load_device_registry, load_recipient_private_key
-from edge_mask.uplink import check_tls_files, connect, make_client, reason_failed, wait_for_connack
+from edge_mask.uplink import check_tls_files, make_client, open_connection, reason_failed
 
 log = logging.getLogger(__name__)
 
@@ -243,14 +243,10 @@ class Receiver:
         return self._stop.is_set() or (self._max_frames is not None and self.counts["stored"] >= self._max_frames)
 
     def _open(self, client: mqtt.Client) -> bool:
-        try:
-            connect(client, self.cfg.broker, persistent_session=True, session_expiry_s=SESSION_EXPIRY_S)
-        except (OSError, ValueError) as exc:
-            log.warning("receiver: cannot connect to %s:%d: %s", self.cfg.broker.host, self.cfg.broker.port, exc)
-            return False
-        connack = wait_for_connack(client, self.cfg.broker.connect_timeout_s, self._done)
-        if connack is None or reason_failed(connack):
-            log.warning("receiver: broker refused or did not answer the connection (CONNACK %s)", connack)
+        failure = open_connection(client, self.cfg.broker, persistent_session=True,
+                                  session_expiry_s=SESSION_EXPIRY_S, stop=self._done)
+        if failure is not None:
+            log.warning("receiver: %s", failure)
             return False
         return True
 

@@ -11,7 +11,14 @@ Add a transport: a class with the `Uplink` protocol's methods, registered in `UP
 
 from edge_mask.uplink import mqtt_uplink as _mqtt_uplink  # noqa: F401  (registers the mqtt transport)
 from edge_mask.uplink.base import UPLINKS, Uplink, create_uplink
-from edge_mask.uplink.mqtt import check_tls_files, connect, make_client, reason_failed, wait_for_connack
+from edge_mask.uplink.mqtt import (
+    check_tls_files,
+    connect,
+    make_client,
+    open_connection,
+    reason_failed,
+    wait_for_connack,
+)
 from edge_mask.uplink.mqtt_uplink import MqttUplink
 from edge_mask.uplink.spool import Spool, SpoolRecord, SpoolStats, open_spool
 
@@ -26,6 +33,7 @@ __all__ = [
     "connect",
     "create_uplink",
     "make_client",
+    "open_connection",
     "open_spool",
     "reason_failed",
     "wait_for_connack",

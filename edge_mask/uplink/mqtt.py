@@ -132,3 +132,23 @@ def wait_for_connack(client: mqtt.Client, timeout_s: float, stop: Callable[[], b
         log.debug("no CONNACK within %.1f s", timeout_s)
         return None
     return answer[0]
+
+
+def open_connection(
+    client: mqtt.Client,
+    broker: BrokerConfig,
+    *,
+    persistent_session: bool,
+    session_expiry_s: int,
+    stop: Callable[[], bool] | None = None,
+) -> str | None:
+    """`connect()`, then `wait_for_connack()`: None when the broker accepted, else one line saying why not
+    (for the caller's log, which names who was connecting)."""
+    try:
+        connect(client, broker, persistent_session=persistent_session, session_expiry_s=session_expiry_s)
+    except (OSError, ValueError) as exc:
+        return f"cannot connect to {broker.host}:{broker.port}: {exc}"
+    connack = wait_for_connack(client, broker.connect_timeout_s, stop)
+    if connack is None or reason_failed(connack):
+        return f"broker refused or did not answer the connection (CONNACK {connack})"
+    return None

@@ -30,7 +30,7 @@ from edge_mask.config import UplinkConfig
 from edge_mask.core.backoff import Backoff
 from edge_mask.seal import split_message
 from edge_mask.uplink.base import UPLINKS, StatsSource, Uplink
-from edge_mask.uplink.mqtt import check_tls_files, connect, make_client, reason_failed, wait_for_connack
+from edge_mask.uplink.mqtt import check_tls_files, make_client, open_connection, reason_failed
 from edge_mask.uplink.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -140,16 +140,11 @@ class MqttUplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
-        try:
-            connect(client, self.cfg.broker, persistent_session=False, session_expiry_s=0)
-        except (OSError, ValueError) as exc:
+        failure = open_connection(client, self.cfg.broker, persistent_session=False, session_expiry_s=0,
+                                  stop=self._stop.is_set)
+        if failure is not None:
             self._count("connect_failures")
-            log.warning("uplink: cannot connect to %s:%d: %s", self.cfg.broker.host, self.cfg.broker.port, exc)
-            return False
-        connack = wait_for_connack(client, self.cfg.broker.connect_timeout_s, self._stop.is_set)
-        if connack is None or reason_failed(connack):
-            self._count("connect_failures")
-            log.warning("uplink: broker refused or did not answer the connection (CONNACK %s)", connack)
+            log.warning("uplink: %s", failure)
             return False
         return True
 
