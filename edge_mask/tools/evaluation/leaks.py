@@ -13,7 +13,6 @@ overlap no original face are reported separately (`masked_frame_faces`).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,8 @@ from edge_mask.config import EdgeConfig
 from edge_mask.tools.evaluation.metrics import ClipLeaks, showing_original, summarize_clip
 from edge_mask.tools.evaluation.pipeline import (
     EVAL_DEADLINE_MS,
+    MaskedClip,
     build_detector,
-    iter_video,
-    new_masker,
-    video_raw_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -44,32 +41,19 @@ def evaluate_clip(
     deadline_ms: float = EVAL_DEADLINE_MS,
 ) -> ClipLeaks:
     """Mask every frame of one clip with the product's masker; judge every `every`-th frame."""
-    masker = new_masker(cfg, detector, deadline_ms)
+    run = MaskedClip(path, cfg, detector, max_frames, deadline_ms)
     pairs: list[tuple[Any, Any]] = []
-    frames = dropped = fail_closed = 0
-    start = time.monotonic()
-    try:
-        for index, timestamp, image in iter_video(path):
-            if max_frames is not None and index >= max_frames:
-                break
-            frames += 1
-            masked = masker.process(video_raw_frame(image, index, timestamp, start))
-            if masked is None:
-                dropped += 1
-                continue
-            fail_closed += int(masked.fail_closed)
-            if index % every:
-                continue
-            seen = judge.detect(masked.image).boxes
-            pairs.append((judge.detect(image).boxes, seen[showing_original(image, masked.image, seen)]))
-    finally:
-        masker.close()
+    for index, _, image, masked in run:
+        if masked is None or index % every:
+            continue
+        seen = judge.detect(masked.image).boxes
+        pairs.append((judge.detect(image).boxes, seen[showing_original(image, masked.image, seen)]))
     summary = summarize_clip(path.name, pairs, iou=LEAK_IOU)
-    summary.frames = frames
-    summary.fail_closed_frames = fail_closed + dropped
+    summary.frames = run.frames
+    summary.fail_closed_frames = run.fail_closed + run.dropped
     log.info(
         "%s: %d frames, %d judged, %d judge faces, %d leaked frames, %d/%d leaked tracks",
-        path.name, frames, summary.judged_frames, summary.judge_faces, summary.leaked_frames,
+        path.name, run.frames, summary.judged_frames, summary.judge_faces, summary.leaked_frames,
         summary.leaked_tracks, summary.tracks,
     )
     return summary

@@ -105,6 +105,40 @@ def iter_video(path: Path) -> Iterator[tuple[int, float, Image]]:
         yield from reader.timed()
 
 
+class MaskedClip:
+    """Every frame of a clip, in order, through a fresh product masker (the tracker needs them all).
+
+    Iterating yields (index, timestamp, original frame, masked frame or None when dropped) and counts
+    `frames`, `dropped` and `fail_closed` as it goes; the leak and utility evaluations judge what they
+    need of each frame.
+    """
+
+    def __init__(
+        self, path: Path, cfg: EdgeConfig, detector: SharedDetector, max_frames: int | None = None,
+        deadline_ms: float = EVAL_DEADLINE_MS,
+    ) -> None:
+        self.path, self.cfg, self.detector = path, cfg, detector
+        self.max_frames, self.deadline_ms = max_frames, deadline_ms
+        self.frames = self.dropped = self.fail_closed = 0
+
+    def __iter__(self) -> Iterator[tuple[int, float, Image, MaskedFrame | None]]:
+        masker = new_masker(self.cfg, self.detector, self.deadline_ms)
+        start = time.monotonic()
+        try:
+            for index, timestamp, image in iter_video(self.path):
+                if self.max_frames is not None and index >= self.max_frames:
+                    break
+                self.frames += 1
+                masked = masker.process(video_raw_frame(image, index, timestamp, start))
+                if masked is None:
+                    self.dropped += 1
+                elif masked.fail_closed:
+                    self.fail_closed += 1
+                yield index, timestamp, image, masked
+        finally:
+            masker.close()
+
+
 def video_raw_frame(image: Image, index: int, timestamp: float, start: float) -> RawFrame:
     """A camera-like frame whose clocks follow the file's timeline, so the tracker's hold time means
     the same thing as on a live camera at that frame rate."""

@@ -37,10 +37,8 @@ from edge_mask.tools.evaluation.metrics import BoolMask, as_boxes, box_coverage,
 from edge_mask.tools.evaluation.pipeline import (
     COVERAGE_COLOR,
     EVAL_DEADLINE_MS,
+    MaskedClip,
     build_detector,
-    iter_video,
-    new_masker,
-    video_raw_frame,
     with_mask,
 )
 
@@ -225,30 +223,21 @@ def evaluate_clip(
     `judge` must detect at `DEFACE_THRESHOLD` (its detections feed the anchor); the needed area uses those
     scoring above `JUDGE_THRESHOLD`.
     """
-    masker = new_masker(utility_config(cfg), detector, deadline_ms)
     clip = ClipUtility(name=path.name)
-    start = time.monotonic()
-    try:
-        for index, timestamp, image in iter_video(path):
-            if max_frames is not None and index >= max_frames:
-                break
-            clip.frames += 1
-            masked = masker.process(video_raw_frame(image, index, timestamp, start))
-            if masked is None or masked.fail_closed:
-                clip.fail_closed_frames += 1
-            if masked is None or index % every:
-                continue
-            found = judge.detect(image)
-            faces = found.boxes[found.scores > JUDGE_THRESHOLD]
-            height, width = image.shape[:2]
-            needed = head_ellipses(height, width, faces)
-            ours = masked_pixels(image, masked.image, COVERAGE_COLOR)
-            clip.add(timestamp, needed, len(faces), {
-                "edge_mask": frame_utility(ours, needed, faces),
-                "deface": frame_utility(deface_mask(height, width, found.boxes), needed, faces),
-            })
-    finally:
-        masker.close()
+    run = MaskedClip(path, utility_config(cfg), detector, max_frames, deadline_ms)
+    for index, timestamp, image, masked in run:
+        if masked is None or index % every:
+            continue
+        found = judge.detect(image)
+        faces = found.boxes[found.scores > JUDGE_THRESHOLD]
+        height, width = image.shape[:2]
+        needed = head_ellipses(height, width, faces)
+        ours = masked_pixels(image, masked.image, COVERAGE_COLOR)
+        clip.add(timestamp, needed, len(faces), {
+            "edge_mask": frame_utility(ours, needed, faces),
+            "deface": frame_utility(deface_mask(height, width, found.boxes), needed, faces),
+        })
+    clip.frames, clip.fail_closed_frames = run.frames, run.fail_closed + run.dropped
     mine, anchor = clip.tallies["edge_mask"], clip.tallies["deface"]
     n = max(clip.judged_frames, 1)
     log.info("%s: %d frames, %d judged, needed %.1f%%; edge_mask masked %.1f%% collateral %.1f%%; "
