@@ -16,8 +16,9 @@ import pytest
 
 import edge_mask.tools.arm_parity_runner as runner
 from edge_mask.core.types import Detections
-from edge_mask.tools.arm_parity import compare_model, raw_difference, score_diffs
+from edge_mask.tools.arm_parity import compare_model, raw_difference
 from edge_mask.tools.arm_parity_runner import load_outputs, output_key, save_outputs
+from edge_mask.tools.parity import matched
 
 
 def dets(*faces: tuple[float, float, float, float, float]) -> Detections:
@@ -66,7 +67,7 @@ def test_a_face_found_only_on_arm_or_moved_too_far_fails() -> None:
 
 def test_score_diffs_ignore_unmatched_boxes() -> None:
     cand = [dets((30, 30, 40, 40, 0.9)), dets((5, 5, 25, 25, 0.5)), dets()]
-    assert score_diffs(REF, cand, 0.25) == pytest.approx([0.1], abs=1e-6)
+    assert matched(REF, cand, 0.25, 0.5)[1] == pytest.approx([0.1], abs=1e-6)
 
 
 def test_raw_difference_counts_identical_tensors_and_checks_keys() -> None:

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_mask.core.boxes import iou_matrix
 from edge_mask.core.types import Detections
 from edge_mask.detect.yunet import Letterbox, make_blob, plan_input, postprocess
 from edge_mask.tools.arm_parity_runner import cpu_features, load_blobs, load_outputs, output_key, run_models
+from edge_mask.tools.parity import agreement, matched
 
 log = logging.getLogger(__name__)
 
@@ -86,27 +86,6 @@ class Row:
         return self.arm_found_on_x86 / self.arm_faces if self.arm_faces else 1.0
 
 
-def _found(a: Detections, b: Detections, threshold: float, floor: float) -> tuple[int, int]:
-    """(faces of `a` scoring >= threshold, how many of them `b` has at IoU >= 0.5 scoring >= floor)."""
-    mine, theirs = a.boxes[a.scores >= threshold], b.boxes[b.scores >= floor]
-    if len(mine) == 0 or len(theirs) == 0:
-        return len(mine), 0
-    return len(mine), int((iou_matrix(mine, theirs).max(axis=1) >= IOU).sum())
-
-
-def score_diffs(ref: Sequence[Detections], cand: Sequence[Detections], threshold: float) -> list[float]:
-    """|score difference| between each `ref` face (>= threshold) and its best-IoU `cand` box, IoU >= 0.5."""
-    diffs: list[float] = []
-    for a, b in zip(ref, cand, strict=True):
-        keep = a.scores >= threshold
-        if not keep.any() or len(b) == 0:
-            continue
-        matrix = iou_matrix(a.boxes[keep], b.boxes)
-        ok = matrix.max(axis=1) >= IOU
-        diffs.extend(np.abs(b.scores[matrix.argmax(axis=1)] - a.scores[keep])[ok].tolist())
-    return diffs
-
-
 def raw_difference(
     ref: Mapping[str, npt.NDArray[np.float32]], cand: Mapping[str, npt.NDArray[np.float32]]
 ) -> tuple[float, int, int]:
@@ -140,13 +119,9 @@ def compare_model(
     """
     rows = []
     for threshold in thresholds:
-        n_ref = hit_ref = n_cand = hit_cand = 0
-        for a, b in zip(ref, cand, strict=True):
-            n, hit = _found(a, b, threshold, threshold - tolerance)
-            n_ref, hit_ref = n_ref + n, hit_ref + hit
-            n, hit = _found(b, a, threshold, threshold - tolerance)
-            n_cand, hit_cand = n_cand + n, hit_cand + hit
-        diffs = score_diffs(ref, cand, threshold)
+        # the quantizer's face-by-face agreement, x86 in the place of fp32 and ARM in the place of int8
+        n_ref, hit_ref, n_cand, hit_cand = agreement(ref, cand, threshold, tolerance, IOU)
+        diffs = matched(ref, cand, threshold, IOU)[1]
         worst = max(diffs, default=0.0)
         row = Row(model=model, threshold=threshold, x86_faces=n_ref, arm_faces=n_cand, x86_found_on_arm=hit_ref,
                   arm_found_on_x86=hit_cand, score_diff_max=worst,

@@ -97,7 +97,7 @@ def agreement(
     return n_ref, hit_ref, n_cand, hit_cand
 
 
-def _matched(ref: Sequence[Detections], cand: Sequence[Detections], threshold: float, iou: float) -> tuple[
+def matched(ref: Sequence[Detections], cand: Sequence[Detections], threshold: float, iou: float) -> tuple[
         list[float], list[float]]:
     """IoUs and absolute score shifts of fp32 faces (>= threshold) and their best int8 match."""
     ious: list[float] = []
@@ -136,7 +136,7 @@ def check_parity(
     for threshold in thresholds:
         n_ref, hit_ref, n_cand, hit_cand = agreement(ref, cand, threshold, margin_at(threshold, margin), iou)
         s_ref, s_hit_ref, s_cand, s_hit_cand = agreement(ref, cand, threshold, 0.0, iou)
-        ious, shifts = _matched(ref, cand, threshold, iou)
+        ious, shifts = matched(ref, cand, threshold, iou)
         recall = hit_ref / n_ref if n_ref else 1.0
         precision = hit_cand / n_cand if n_cand else 1.0
         out.append(Parity(
