@@ -6,6 +6,7 @@ nothing of capture/, detect/, mask/, uplink/, service/, receiver/ or tools/. It 
 Add an encoder: a factory registered in `encode.py`'s `ENCODERS` and its name in `EncodeConfig.type`.
 """
 
+from edge_mask.seal.acks import Ack, Refusal, ack_topic, parse_ack, to_ranges
 from edge_mask.seal.encode import ENCODERS, Encoder, create_encoder
 from edge_mask.seal.keys import (
     Enrollment,
@@ -23,12 +24,15 @@ from edge_mask.seal.wire import Reassembler, split_message
 
 __all__ = [
     "ENCODERS",
+    "Ack",
     "Encoder",
     "Enrollment",
     "Opener",
     "Reassembler",
+    "Refusal",
     "SealedFrame",
     "Sealer",
+    "ack_topic",
     "create_encoder",
     "generate_recipient",
     "generate_signing_key",
@@ -36,7 +40,9 @@ __all__ = [
     "load_recipient_private_key",
     "load_recipient_public_key",
     "load_signing_key",
+    "parse_ack",
     "split_message",
+    "to_ranges",
     "write_public",
     "write_secret",
 ]
