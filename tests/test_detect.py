@@ -126,6 +126,27 @@ def test_postprocess_maps_back_and_returns_empty_shape() -> None:
     assert found.boxes.dtype == np.float32 and found.landmarks.dtype == np.float32
 
 
+def _faces(rows: list[tuple[float, float, float, float, float]]) -> Detections:
+    boxes = np.array([r[:4] for r in rows], np.float32).reshape(-1, 4)
+    return Detections(boxes, np.array([r[4] for r in rows], np.float32), np.zeros((len(rows), 5, 2), np.float32))
+
+
+def test_face_agreement_rule_is_the_one_the_build_gate_uses() -> None:
+    """The device's parity watch and the build-time gate count faces with the same functions."""
+    from edge_mask.detect import agreement, frame_agreement, margin_at, matched
+    from edge_mask.tools import parity
+
+    assert (parity.agreement, parity.matched, parity.margin_at) == (agreement, matched, margin_at)
+    assert margin_at(0.25) == pytest.approx(0.1) and margin_at(0.1) == pytest.approx(0.04)
+    fp32 = _faces([(0, 0, 10, 10, 0.9), (20, 20, 30, 30, 0.3)])
+    # int8: the first face just under the threshold but within the margin; a face fp32 does not have
+    int8 = _faces([(0, 0, 10, 10, 0.2), (50, 50, 60, 60, 0.5)])
+    assert frame_agreement(fp32, int8, 0.25, margin_at(0.25)) == (2, 1, 1, 0)
+    assert frame_agreement(fp32, int8, 0.25, 0.0) == (2, 0, 1, 0)  # no margin: 0.2 is not 0.25
+    assert agreement([fp32, fp32], [int8, fp32], 0.25, 0.1, 0.5) == (4, 3, 3, 2)
+    assert frame_agreement(Detections.empty(), Detections.empty(), 0.25, 0.1) == (0, 0, 0, 0)
+
+
 def test_provider_names_and_errors() -> None:
     available = ["CPUExecutionProvider"]
     assert resolve_providers(["cpu"], available) == ["CPUExecutionProvider"]

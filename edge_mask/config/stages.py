@@ -82,8 +82,11 @@ class OnnxDetectorConfig(Section):
     """YuNet through onnxruntime.
 
     `model` is a model id from models/manifest.toml (resolved in the model cache) or a path to an .onnx
-    file. `precision = "auto"` times the int8 and fp32 models at start-up and keeps the faster one that
-    passed parity. Frames wider than `detect_width` are downscaled for detection and boxes mapped back.
+    file. `precision = "auto"` masks with fp32 and proves the int8 model (one that passed the build-time
+    gate) on this device's own kernels and frames: on one frame in `parity_every` it also runs int8 and
+    compares the faces; once `parity_faces` faces over `parity_frames` frames with faces agree at >= 99%
+    both ways, int8 masks if it is also the faster here, and falls back to fp32 if the agreement drops.
+    Frames wider than `detect_width` are downscaled for detection and boxes mapped back.
 
     `threshold` is 0.25, below YuNet's usual 0.5: on the shared clips the independent judge found faces
     that YuNet scores 0.12-0.36 (cut by the frame edge, in a dark corner); at 0.25 they are detected often
@@ -104,6 +107,14 @@ class OnnxDetectorConfig(Section):
     """Also detect on full-resolution tiles of frames wider than `detect_width` (small faces in large
     frames; several inferences per frame). `edge-mask mask` turns it on; the live service leaves it off."""
     deadline_ms: Positive = 250.0
+    parity_every: Annotated[int, Field(ge=0, le=100_000)] = 10
+    """With `precision = "auto"`: compare int8 with fp32 on one frame in this many (stretched when the
+    shadow model is slower, so it costs about 1/parity_every of detection); 0 turns the watch off, and
+    `auto` then keeps the last verdict (fp32 until int8 was proven here)."""
+    parity_faces: PositiveInt = 200
+    """fp32 faces that must be compared before int8 may mask; also the rolling window that judges it after."""
+    parity_frames: PositiveInt = 50
+    """Frames with faces those faces must come from (many faces in a few frames prove little)."""
 
 
 class OpenCVYuNetDetectorConfig(Section):

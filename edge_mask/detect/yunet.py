@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -170,8 +171,12 @@ def postprocess(
 class OnnxYuNet:
     """YuNet through onnxruntime (fp32 or int8, dynamic or fixed input size)."""
 
-    def __init__(self, session: Any, threshold: float, nms_iou: float, detect_width: int, max_faces: int) -> None:
+    def __init__(
+        self, session: Any, threshold: float, nms_iou: float, detect_width: int, max_faces: int, label: str = ""
+    ) -> None:
         self._session = session
+        self.label = label
+        """"int8" or "fp32" when known (the live service's stats report it as `detector_model`)."""
         self._input = session.get_inputs()[0].name
         self._outputs = [o.name for o in session.get_outputs()]
         self._fixed = fixed_input_size(session)
@@ -194,21 +199,31 @@ class OnnxYuNet:
 
 @DETECTORS.register("onnx")
 def _onnx_factory(settings: OnnxDetectorConfig, models: ModelsConfig) -> Detector:
-    from edge_mask.detect.precision import resolve_model
+    """One model, or with `precision = "auto"` and a passing int8 model the parity watch over both (shadow.py)."""
+    from edge_mask.detect.precision import auto_candidates, looks_like_path, precision_of, resolve_model
 
+    def make(path: Path, threshold: float, label: str) -> Detector:
+        session = open_session(path, settings.threads, settings.providers)
+        log.info("detector: onnxruntime YuNet %s (%s), threads=%d, providers=%s", path.name, label, settings.threads,
+                 session.get_providers())
+        detector: Detector = OnnxYuNet(session, threshold, settings.nms_iou, settings.detect_width,
+                                       settings.max_faces, label)
+        if settings.tiles:
+            from edge_mask.detect.tiles import TiledDetector
+
+            detector = TiledDetector(detector, settings.detect_width, settings.nms_iou, settings.max_faces)
+        return detector
+
+    if settings.precision == "auto" and settings.parity_every > 0 and not looks_like_path(settings.model):
+        fp32_path, int8_path = auto_candidates(settings.model, models)
+        if int8_path is not None:
+            from edge_mask.detect.shadow import build_watch
+
+            return build_watch(settings, fp32_path, int8_path, make)
     path = resolve_model(
         settings.model, models, settings.precision, threads=settings.threads, providers=settings.providers
     )
-    session = open_session(path, settings.threads, settings.providers)
-    log.info("detector: onnxruntime YuNet %s, threads=%d, providers=%s", path.name, settings.threads,
-             session.get_providers())
-    detector: Detector = OnnxYuNet(session, settings.threshold, settings.nms_iou, settings.detect_width,
-                                   settings.max_faces)
-    if settings.tiles:
-        from edge_mask.detect.tiles import TiledDetector
-
-        detector = TiledDetector(detector, settings.detect_width, settings.nms_iou, settings.max_faces)
-    return detector
+    return make(path, settings.threshold, precision_of(path, models))
 
 
 # ----------------------------------------------------------------------------------------------- OpenCV

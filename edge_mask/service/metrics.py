@@ -132,13 +132,22 @@ class PipelineMetrics:
 # ------------------------------------------------------------------------------------------- prometheus
 
 
+LABELLED = ("detector_model", "parity_state")
+"""Text stats exported as a 1-valued gauge with the text in a `value` label (which model masks, and where the
+on-device parity watch stands), so a dashboard can alert on `parity_state="fp32-fallback"`."""
+
+
 def render_prometheus(stats: dict[str, Any], prefix: str = "edge_mask") -> str:
-    """Prometheus text exposition of numeric stats; nested dicts become a `reason` label."""
+    """Prometheus text exposition of numeric stats; nested dicts become a `reason` label, LABELLED texts a
+    `value` label."""
     lines: list[str] = []
     for key in sorted(stats):
         value = stats[key]
         name = f"{prefix}_{_metric_name(key)}"
-        if isinstance(value, dict):
+        if key in LABELLED and isinstance(value, str):
+            lines.append(f"# TYPE {name} gauge")
+            lines.append(f'{name}{{value="{_escape(value)}"}} 1')
+        elif isinstance(value, dict):
             numeric = {k: v for k, v in value.items() if _is_number(v)}
             if not numeric:
                 continue

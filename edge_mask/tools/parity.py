@@ -1,9 +1,9 @@
 """Parity of an int8 model with its fp32 source, face by face, on held-aside images.
 
-Why a margin: quantization moves a face's score by up to about 0.1 (99th percentile over faces both
-models find), and a hard cut at the threshold counts faces both models see as disagreements, a count that
-changes with the CPU's kernels. See tools/quantize.py for the gate that uses this and models/README.md for
-the figures.
+The rule that counts a face as found (IoU >= 0.5, the score margin) lives in `edge_mask.detect` (module
+`agreement.py`), because the device applies the same rule again on its own kernels and live frames (its
+parity watch); this module runs the build-time gate with it. See tools/quantize.py for the gate and
+models/README.md for the figures.
 """
 
 from __future__ import annotations
@@ -15,26 +15,36 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_mask.core.boxes import iou_matrix
 from edge_mask.core.types import Detections, Image
-from edge_mask.detect import OnnxYuNet, open_session
+from edge_mask.detect import (
+    MARGIN_SHARE,
+    PARITY_MARGIN,
+    REQUIRED_AGREEMENT,
+    OnnxYuNet,
+    agreement,
+    margin_at,
+    matched,
+    open_session,
+)
 
-REQUIRED_AGREEMENT = 0.99
-PARITY_MARGIN = 0.1
-"""A face scored >= threshold by one model counts as found by the other if it scores >= threshold - margin."""
-MARGIN_SHARE = 0.4
-"""Below 0.25 the margin shrinks with the threshold (at most this share of it), so it never reaches 0."""
+__all__ = [
+    "GATE_THRESHOLDS",
+    "MARGIN_SHARE",
+    "PARITY_MARGIN",
+    "REQUIRED_AGREEMENT",
+    "Parity",
+    "agreement",
+    "check_parity",
+    "margin_at",
+    "matched",
+]
+
 GATE_THRESHOLDS = (0.25, 0.5)
 """The product's detection threshold (config default, the headline figure) and YuNet's usual one. The
 tracker's weak path (detections from `weak_threshold`, 0.07, that extend a tracked face) is not gated here:
 at 0.07 int8 and fp32 agree on 98.4% / 96.3% of detections even with a margin (low-score blobs change
 their boxes, not only their scores), from 0.2 up they pass. Its safety is measured where it matters, by
 the leak judge with int8 forced (tests/test_leaks.py)."""
-
-
-def margin_at(threshold: float, margin: float = PARITY_MARGIN) -> float:
-    """The score margin used at `threshold`: `margin`, or less for thresholds under 0.25."""
-    return min(margin, MARGIN_SHARE * threshold)
 
 
 @dataclass
@@ -73,45 +83,6 @@ def _run_all(detector: OnnxYuNet, images: Sequence[Image]) -> tuple[list[Detecti
     start = time.perf_counter()
     found = [detector.detect(image) for image in images]
     return found, (time.perf_counter() - start) * 1e3 / max(len(images), 1)
-
-
-def _found(a: Detections, b: Detections, threshold: float, floor: float, iou: float) -> tuple[int, int]:
-    """(faces of `a` scoring >= threshold, how many of them `b` has at IoU >= iou with score >= floor)."""
-    mine = a.boxes[a.scores >= threshold]
-    theirs = b.boxes[b.scores >= floor]
-    if len(mine) == 0 or len(theirs) == 0:
-        return len(mine), 0
-    return len(mine), int((iou_matrix(mine, theirs).max(axis=1) >= iou).sum())
-
-
-def agreement(
-    ref: Sequence[Detections], cand: Sequence[Detections], threshold: float, margin: float, iou: float
-) -> tuple[int, int, int, int]:
-    """(fp32 faces, of them found by int8, int8 faces, of them found by fp32) over paired results."""
-    n_ref = hit_ref = n_cand = hit_cand = 0
-    for a, b in zip(ref, cand, strict=True):
-        n, hit = _found(a, b, threshold, threshold - margin, iou)
-        n_ref, hit_ref = n_ref + n, hit_ref + hit
-        n, hit = _found(b, a, threshold, threshold - margin, iou)
-        n_cand, hit_cand = n_cand + n, hit_cand + hit
-    return n_ref, hit_ref, n_cand, hit_cand
-
-
-def matched(ref: Sequence[Detections], cand: Sequence[Detections], threshold: float, iou: float) -> tuple[
-        list[float], list[float]]:
-    """IoUs and absolute score shifts of fp32 faces (>= threshold) and their best int8 match."""
-    ious: list[float] = []
-    shifts: list[float] = []
-    for a, b in zip(ref, cand, strict=True):
-        keep = a.scores >= threshold
-        if not keep.any() or len(b) == 0:
-            continue
-        matrix = iou_matrix(a.boxes[keep], b.boxes)
-        best, which = matrix.max(axis=1), matrix.argmax(axis=1)
-        ok = best >= iou
-        ious.extend(best[ok].tolist())
-        shifts.extend(np.abs(b.scores[which] - a.scores[keep])[ok].tolist())
-    return ious, shifts
 
 
 def check_parity(

@@ -1,0 +1,59 @@
+"""What the live service's stats and `edge-mask doctor` say about the detector: which model masks, why,
+and where the on-device parity watch (`shadow.py`) stands.
+
+Why a module of its own: the service reads these figures from a built detector (whatever wraps it), and the
+doctor from the verdict files without building anything; both must say the same thing in the same words.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from edge_mask.config import ModelsConfig, OnnxDetectorConfig
+from edge_mask.detect.precision import auto_candidates, timing
+from edge_mask.detect.shadow import ParityWatch, resume
+from edge_mask.detect.verdict import load_verdict, setup_key
+
+log = logging.getLogger(__name__)
+
+
+def detector_stats(detector: object) -> dict[str, Any]:
+    """`detector_model` and the parity figures of a built detector (a watch, or one model with the watch off)."""
+    inner: object | None = detector
+    for _ in range(4):  # wrappers (tiles) keep the model they wrap in `.inner`
+        if isinstance(inner, ParityWatch):
+            return inner.stats()
+        label = getattr(inner, "label", None)
+        if isinstance(label, str) and label:
+            return {"detector_model": label, "parity_state": "off", "parity_faces": 0, "parity_found": None,
+                    "parity_confirmed": None}
+        inner = getattr(inner, "inner", None)
+        if inner is None:
+            break
+    return {}
+
+
+def parity_summary(settings: OnnxDetectorConfig, models: ModelsConfig) -> str:
+    """One line for `edge-mask doctor`: which model runs with `precision = "auto"`, why, and the parity figures."""
+    fp32_path, int8_path = auto_candidates(settings.model, models)
+    if int8_path is None:
+        return "fp32 runs: no int8 model that passed its build-time parity gate is in the cache"
+    speed = timing(int8_path, fp32_path, settings.threads, settings.providers)
+    times = f"int8 {speed.int8_ms} ms, fp32 {speed.fp32_ms} ms per 640x480 inference, timed {speed.decided_at or '?'}"
+    v = load_verdict(int8_path.parent, setup_key(int8_path, fp32_path, settings.threads, settings.providers))
+    v = resume(v, speed) if v is not None else None
+    off = " (the parity watch is off: detector.parity_every = 0)" if settings.parity_every == 0 else ""
+    if v is None or v.state in ("proving", "fp32-fallback"):
+        need = settings.parity_faces * (2 if v is not None and v.state == "fp32-fallback" else 1)
+        done = v.fp32_faces if v else 0
+        so_far = (f"; so far {100 * v.found_share:.1f}% found, {100 * v.confirmed_share:.1f}% confirmed"
+                  if v and v.fp32_faces else "")
+        again = f" after {v.fallbacks} fallback(s)" if v and v.fallbacks else ""
+        return (f"fp32 runs: int8 not yet proven on this device{again} ({done} of {need} faces compared{so_far})"
+                f"{off}; {times}")
+    figures = (f"{v.fp32_faces} faces compared, {100 * v.found_share:.1f}% found, "
+               f"{100 * v.confirmed_share:.1f}% confirmed, {v.decided_at}")
+    if v.state == "fp32-slower":
+        return f"fp32 runs: int8 agrees on this device ({figures}) but fp32 is faster ({times})"
+    return f"int8 runs: proven on this device ({figures}) and faster ({times}){off}"
