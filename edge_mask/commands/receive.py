@@ -2,6 +2,11 @@
 
 Runs until interrupted (SIGINT/SIGTERM), `--duration` seconds, or `--max-frames` stored frames, then prints
 a summary: received, stored, duplicates, rejected by reason and gaps per stream (`--json` for machines).
+
+Each stored frame is confirmed to its device on `<prefix>/ack`; an MQTT message is acknowledged to the
+broker only once its frame is stored (or rejected, or dropped). If frames cannot be written (disk full,
+permissions) the receiver acknowledges nothing, reconnects with a back-off so the broker delivers them again,
+and after `max_storage_failures` failures in a row exits with status 2 and one line saying what to fix.
 """
 
 from __future__ import annotations
@@ -72,5 +77,8 @@ def _print_human(summary: dict[str, Any]) -> None:
     )
     for reason, count in summary["rejected"].items():
         print(f"  rejected {reason}: {count}")
+    for key in ("rate_limited", "incomplete_dropped", "storage_errors"):
+        if summary.get(key):
+            print(f"  {key.replace('_', ' ')}: {summary[key]}")
     for stream, missing in summary["gaps"].items():
         print(f"  stream {stream}: {missing} missing")

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from edge_mask.config.base import ENV_PREFIX, ConfigPath, Positive, PositiveInt, Section
 from edge_mask.config.stages import (
@@ -73,8 +73,21 @@ class EdgeConfig(MaskerConfig):
 class ReceiverConfig(Section):
     """The cloud side: `edge-mask receive --config receiver.toml`.
 
-    `devices_dir` holds one enrollment record (JSON) per device, written by `edge-mask provision device`.
+    `devices_dir` holds one enrollment record (JSON) per device, written by `edge-mask provision device`;
+    it is re-read within `registry_poll_s` of a change (revoke = remove the file, renew = replace it).
     `share_group` subscribes as `$share/<group>/...` so several receivers split the load.
+
+    Answers: stored frames are confirmed to each device on `<prefix>/ack`, batched per device every
+    `ack_interval_s` (or at 256 waiting sequence numbers). Reassembly of chunked frames is capped globally
+    (`max_pending_bytes`, `max_pending_chunks`) and per device (`device_max_pending_*`), and each device is
+    rate limited (`device_rate_*`, a token bucket holding `device_rate_burst_s` seconds of its rate): chunks
+    over a limit are dropped and the device re-sends them. `receive_maximum` (MQTT 5) is how many unacknowledged
+    messages the broker may have in flight to the receiver; it must stay above `max_pending_chunks`, because a
+    chunk is acknowledged only when its frame is stored or dropped. Capture times more than
+    `max_future_skew_s` ahead of, or `max_clock_skew_s` behind, the receiver's clock are refused (`replay`,
+    answered as `clock_skew`). An MP4 writer closes after `writer_idle_s` without frames, and at most
+    `max_open_writers` are open. After `max_storage_failures` storage errors in a row (disk full, permissions)
+    the receiver stops with an error instead of retrying forever.
     """
 
     broker: BrokerConfig = BrokerConfig()
@@ -90,6 +103,33 @@ class ReceiverConfig(Section):
     max_pending_bytes: PositiveInt = 256 * 1024 * 1024
     chunk_timeout_s: Positive = 30.0
     max_clock_skew_s: Positive = 7 * 24 * 3600.0
+    max_future_skew_s: Positive = 300.0
+    ack_interval_s: Positive = 0.05
+    max_pending_chunks: PositiveInt = 1536
+    device_max_pending_bytes: PositiveInt = 64 * 1024 * 1024
+    device_max_pending_chunks: PositiveInt = 256
+    device_rate_chunks_per_s: Positive = 2000.0
+    device_rate_bytes_per_s: Positive = 64 * 1024 * 1024
+    device_rate_burst_s: Positive = 2.0
+    receive_maximum: Annotated[int, Field(ge=16, le=65535)] = 2048
+    writer_idle_s: Positive = 30.0
+    max_open_writers: PositiveInt = 64
+    registry_poll_s: Positive = 2.0
+    max_storage_failures: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _consistent_limits(self) -> ReceiverConfig:
+        if self.max_pending_chunks >= self.receive_maximum:
+            raise ValueError(
+                f"max_pending_chunks ({self.max_pending_chunks}) must stay below receive_maximum "
+                f"({self.receive_maximum}), or held chunks stop the broker from delivering the rest"
+            )
+        if self.device_rate_bytes_per_s * self.device_rate_burst_s < self.max_message_bytes:
+            raise ValueError(
+                "device_rate_bytes_per_s * device_rate_burst_s must be at least max_message_bytes, "
+                "or a full-size payload could never pass the rate limit"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -1,4 +1,4 @@
-"""The cloud side: subscribe, reassemble, verify, decrypt, drop duplicates and replays, store.
+"""The cloud side: reassemble, verify, decrypt, drop duplicates and replays, store, and answer the device.
 
 Every MQTT payload goes through `Receiver.handle`, which never raises: a bad message is rejected, counted
 under a stable reason and logged on one line, and the next message is handled as if nothing happened.
@@ -8,14 +8,32 @@ oversized, unsupported_version) or from here:
 * `topic_mismatch`: the header's device id is not the device the topic names. The broker's ACL only lets a
   device write below its own id, so this catches a device re-publishing another device's frames.
 * `replay`: a validly signed message that must not be stored: its slot (device, stream, seq) is taken by a
-  *different* message, or its capture time lies outside `max_clock_skew_s` of now.
+  *different* message, or its capture time lies more than `max_clock_skew_s` in the past or more than
+  `max_future_skew_s` in the future (a device clock that is off; answered as `clock_skew`).
 A byte-identical copy of a stored message is a `duplicate` (QoS 1 re-delivery after a reconnect, or a
 replay of the same bytes; the two cannot be told apart and neither stores anything).
+Before any of that, a device over its rate limit (`limits.py`) has its chunks dropped (`rate_limited`).
 
-Sessions: the receiver connects with a persistent session (MQTT 5 session expiry, or clean_session false on
-3.1.1) and a stable client id, so frames published while it is down - or while the broker restarts with
-persistence on - are queued for it rather than lost. paho acknowledges a QoS 1 message only after
-`on_message` returns, i.e. after the frame and its index line are on disk.
+Answers (`answers.py`): each stored or duplicate frame is confirmed to its device on `<prefix>/ack`, batched;
+refusals the receiver can pin on the authenticated publisher (unknown_device named by the topic,
+wrong_recipient and topic_mismatch after the signature verified, clock_skew) are answered at most once a
+second per device; nothing else is answered (no oracle for forged or damaged bytes).
+
+MQTT acknowledgement (`session.py` runs the connection): a message is acknowledged to the broker only when
+its fate is settled: stored durably (its batch committed, store.py), definitively rejected, or dropped (duplicate
+chunk, rate limited, expired, evicted). A chunk of a multi-chunk frame is held unacknowledged until its frame
+completes, so a receiver killed between two chunks loses nothing: the broker re-delivers them. A storage
+failure acknowledges nothing and makes the session reconnect after a back-off (`StorageFailure`).
+
+Memory is bounded whatever the traffic: reassembly by its caps (`seal.chunks`), slots and streams by
+`dedupe.py`, MP4 writers by `store.py`, answers by `answers.py`, rate limiter and registry by the enrolled
+devices. At the defaults the bound is about max_pending_bytes (256 MiB) of held chunk data, which a flood of
+tiny chunks cannot reach (the per-device chunk caps come first), plus about 10 MiB of bookkeeping. Measured
+in-process (tracemalloc, Python objects; SQLite's page cache adds its default 2 MiB): one device flooding
+250,000 tiny incomplete chunks, 1.4 MiB peak and 0.35 MiB after, with another device's 10 frames in between
+all stored, at a flat 9 us per chunk (3 us when the rate limit drops them; the old scan of everything
+pending took 300 us per chunk at 10,000 pending and 2 ms at 30,000); 10,000 streams of one frame each:
+6.1 MiB; then 20,000 frames in one stream: no growth per frame.
 
 Limitation: with `share_group`, the broker hands each MQTT message to one member of the group, so the
 chunks of one frame can land on different receivers. Keep frames below `uplink.max_payload` (one chunk)
@@ -30,23 +48,26 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from edge_mask.config import ReceiverConfig
-from edge_mask.core.backoff import Backoff
-from edge_mask.core.errors import MessageError, UserError
-from edge_mask.receiver.store import FrameStore
-from edge_mask.seal import Opener, Reassembler, load_device_registry, load_recipient_private_key
-from edge_mask.uplink import check_tls_files, make_client, open_connection, reason_failed
+from edge_mask.core.errors import MessageError
+from edge_mask.receiver.answers import Answers
+from edge_mask.receiver.limits import DeviceLimiter
+from edge_mask.receiver.registry import DeviceRegistry
+from edge_mask.receiver.session import run_session
+from edge_mask.receiver.store import FrameStore, StorageFailure
+from edge_mask.seal import Ack, Opener, Reassembler, Refusal, ack_topic, load_recipient_private_key
+from edge_mask.uplink import check_tls_files
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 7 * 24 * 3600
-"""How long the broker keeps queuing frames for a receiver that is away (MQTT 5)."""
-_REGISTRY_RELOAD_S = 10.0
-_EXPIRE_EVERY_S = 1.0
+_MAX_GAP_RANGE_STREAMS = 100
+_BATCH_MAX = 64
+"""Staged frames that make a batch commit at once (group commit, see store.py)."""
+_BATCH_WAIT_S = 0.05
+"""How long the first staged frame of a batch waits for others before the commit."""
 
 
 def topic_device(topic: str) -> str | None:
@@ -58,92 +79,164 @@ def topic_device(topic: str) -> str | None:
     return None
 
 
+class _Refused(MessageError):
+    """A rejection the receiver can attribute to the authenticated publisher, so it answers with `refusal`."""
+
+    def __init__(self, reason: str, detail: str, refusal: Refusal) -> None:
+        super().__init__(reason, detail)
+        self.refusal = refusal
+
+
 class Receiver:
     """Receives sealed frames from MQTT and stores the verified ones (see module docstring)."""
 
-    def __init__(self, cfg: ReceiverConfig, retry_max_s: float = 10.0) -> None:
+    def __init__(self, cfg: ReceiverConfig, retry_max_s: float = 10.0, *, clock: Callable[[], float] = time.monotonic):
         self.cfg = cfg
         self.retry_max_s = retry_max_s
+        self._clock = clock
         check_tls_files(cfg.broker, "receiver")
         self._recipient = load_recipient_private_key(cfg.recipient_private_key)
-        self._load_registry()
-        self.store = FrameStore(cfg.output_dir, cfg.write_mp4, cfg.mp4_fps)
-        self._reassemblers: dict[str, Reassembler] = {}
+        self.registry = DeviceRegistry(cfg.devices_dir, cfg.registry_poll_s)
+        self._opener = Opener(self._recipient, self.registry.devices, max_message_bytes=cfg.max_frame_bytes)
+        self.store = FrameStore(cfg.output_dir, cfg.write_mp4, cfg.mp4_fps, writer_idle_s=cfg.writer_idle_s,
+                                max_open_writers=cfg.max_open_writers, clock=clock)
+        self._reassembler: Reassembler[int] = Reassembler(
+            cfg.max_pending_bytes, cfg.chunk_timeout_s, cfg.max_frame_bytes, max_pending_chunks=cfg.max_pending_chunks,
+            source_max_bytes=cfg.device_max_pending_bytes, source_max_chunks=cfg.device_max_pending_chunks,
+        )
+        self._limiter = DeviceLimiter(
+            cfg.device_rate_chunks_per_s, cfg.device_rate_bytes_per_s, cfg.device_rate_burst_s
+        )
+        self._answers = Answers(cfg.ack_interval_s)
+        self._mqtt_acks: list[int] = []
+        self._frame_tags: list[int] = []
+        self._defer = False  # this message's acks and answer wait for the staged batch's commit
+        self._waiting_acks: list[int] = []
+        self._waiting_answers: list[tuple[str, str, int]] = []
+        self._staged_since = 0.0
+        self.group_commit = False  # set by the MQTT session: commit staged frames in batches (commit_if_due)
+        self._limited_logged: dict[str, float] = {}
+        self.storage_failure: str | None = None  # set by a failed save; the session reconnects and clears it
         self.counts: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._next_expire = 0.0
-        self._max_frames: int | None = None
-        self._stop = threading.Event()
-        self._session_up = False
         self.connected = threading.Event()
         self.client_id = cfg.broker.client_id or f"edge-mask-receiver-{socket.gethostname()}"
         self.subscription = (
             f"$share/{cfg.share_group}/{cfg.topic_filter}" if cfg.share_group else cfg.topic_filter
         )
 
-    def _load_registry(self) -> None:
-        try:
-            devices = load_device_registry(self.cfg.devices_dir)
-        except FileNotFoundError:
-            raise UserError(
-                f"receiver.devices_dir = {self.cfg.devices_dir}: not found; enroll devices with "
-                "`edge-mask provision device` or fix the path"
-            ) from None
-        self._opener = Opener(self._recipient, devices, max_message_bytes=self.cfg.max_frame_bytes)
-        self._devices = devices
-        self._registry_loaded = time.monotonic()
-        log.info("receiver: %d enrolled devices", len(devices))
-
     # ------------------------------------------------------------------------------- message handling
 
-    def handle(self, topic: str, payload: bytes, now: float | None = None) -> str:
-        """Process one MQTT payload; returns what happened: stored, duplicate, partial or the reject reason."""
+    def handle(self, topic: str, payload: bytes, now: float | None = None, tag: int | None = None) -> str:
+        """Process one MQTT payload; returns what happened: stored, duplicate, partial, rate_limited,
+        storage_error or the reject reason. `tag` (the MQTT message id) comes back from `take_mqtt_acks`
+        once the message's fate is settled (see the module docstring)."""
         now = time.time() if now is None else now
+        mono = self._clock()
         with self._lock:
             self.counts["received"] += 1
+            self._refresh_registry(mono)
+            self._frame_tags = [] if tag is None else [tag]
+            self._defer = False
             try:
-                outcome = self._handle(topic, payload, now)
+                outcome = self._handle(topic, payload, now, mono, tag)
+            except StorageFailure as exc:
+                self._storage_failed(exc)
+                self._frame_tags = []  # not acknowledged: the broker re-delivers after the reconnect
+                outcome = "storage_error"
             except MessageError as exc:
                 self.rejected[exc.reason] += 1
+                if isinstance(exc, _Refused):
+                    self._refuse(topic, exc.refusal, mono)
                 log.warning("receiver: rejected message on %s: %s", topic, exc)
-                return exc.reason
+                outcome = exc.reason
             except Exception:  # a bug must not stop the receiver; it is counted and logged with its traceback
                 self.rejected["internal_error"] += 1
                 log.error("receiver: internal error handling a message on %s", topic, exc_info=True)
-                return "internal_error"
-            self.counts[outcome] += 1
+                outcome = "internal_error"
+            else:
+                if outcome != "stored":  # counted when its batch commits
+                    self.counts[outcome] += 1
+            (self._waiting_acks if self._defer else self._mqtt_acks).extend(self._frame_tags)
+            self._mqtt_acks.extend(self._reassembler.take_released())
+            if self.store.staged and (not self.group_commit or self.store.staged >= _BATCH_MAX):
+                if not self._commit() and outcome == "stored":
+                    outcome = "storage_error"
             return outcome
 
-    def _handle(self, topic: str, payload: bytes, now: float) -> str:
+    def commit_if_due(self, idle: bool) -> None:
+        """Commit the staged batch when the network went quiet (`idle`), it is full, or it waited long enough."""
+        with self._lock:
+            if self.store.staged and (idle or self._clock() - self._staged_since >= _BATCH_WAIT_S):
+                self._commit()
+
+    def _commit(self) -> bool:
+        """Commit staged frames; then their MQTT acks and answers go out. On failure nothing does."""
+        try:
+            stored = self.store.commit()
+        except StorageFailure as exc:
+            self._storage_failed(exc)
+            self._waiting_acks.clear()
+            self._waiting_answers.clear()
+            return False
+        self.counts["stored"] += stored
+        self._mqtt_acks.extend(self._waiting_acks)
+        self._waiting_acks.clear()
+        for topic, stream_hex, seq in self._waiting_answers:
+            self._answers.stored(topic, stream_hex, seq, self._clock())
+        self._waiting_answers.clear()
+        return True
+
+    def _storage_failed(self, exc: StorageFailure) -> None:
+        self.counts["storage_errors"] += 1
+        self.storage_failure = str(exc)
+        log.error("receiver: %s; not acknowledging it", exc)
+
+    def _handle(self, topic: str, payload: bytes, now: float, mono: float, tag: int | None) -> str:
         if len(payload) > self.cfg.max_message_bytes:
             raise MessageError("oversized", f"{len(payload)} bytes > max_message_bytes {self.cfg.max_message_bytes}")
         device = topic_device(topic)
         if device is None:
             raise MessageError("malformed", "topic has no <device>/frames levels")
-        if device not in self._devices and time.monotonic() - self._registry_loaded > _REGISTRY_RELOAD_S:
-            self._load_registry()  # a device enrolled while we run
-        if device not in self._devices:
-            raise MessageError("unknown_device", f"device {device!r} in the topic is not enrolled")
-        message = self._reassembler(device).feed(payload, time.monotonic())
-        if message is None:
+        if device not in self.registry.devices:
+            detail = f"device {device!r} is not enrolled at this receiver"
+            raise _Refused("unknown_device", detail, Refusal("unknown_device", detail))
+        if not self._limiter.allow(device, len(payload), mono):
+            self._log_limited(device, mono)
+            return "rate_limited"
+        done = self._reassembler.feed_tagged(payload, mono, device, tag)
+        if done is None:
+            self._frame_tags = []  # held by the reassembler (or released by it)
             return "partial"
-        opened = self._opener.open(message)
+        message, self._frame_tags = done
+        try:
+            opened = self._opener.open(message)
+        except MessageError as exc:
+            if exc.reason == "wrong_recipient":  # raised only after the device's signature verified
+                raise _Refused(exc.reason, exc.detail, Refusal(exc.reason, exc.detail)) from None
+            raise
         header = opened.header
-        if header.device_id != device:
-            raise MessageError("topic_mismatch", f"header says {header.device_id!r}, topic says {device!r}")
-        if abs(now - header.captured_at) > self.cfg.max_clock_skew_s:
-            raise MessageError(
-                "replay", f"captured_at {header.captured_at:.0f} is more than max_clock_skew_s from now"
-            )
         stream_hex = bytes(header.stream_id).hex()
-        digest = hashlib.sha256(message).hexdigest()
-        taken = self.store.lookup(device, stream_hex, header.seq)
+        seq = header.seq
+        if header.device_id != device:
+            detail = f"header says {header.device_id!r}, topic says {device!r}"
+            raise _Refused("topic_mismatch", detail, Refusal("topic_mismatch", detail, stream_hex, ((seq, seq),)))
+        age = now - header.captured_at
+        if age > self.cfg.max_clock_skew_s or -age > self.cfg.max_future_skew_s:
+            side = f"{age:.0f} s in the past" if age > 0 else f"{-age:.0f} s in the future"
+            detail = f"captured_at is {side} of the receiver's clock; check the device's clock (NTP)"
+            raise _Refused("replay", detail, Refusal("clock_skew", detail, stream_hex, ((seq, seq),)))
+        digest = hashlib.sha256(message).digest()
+        key = self.store.open_stream(device, stream_hex)
+        taken = self.store.lookup(key, seq)
         if taken == digest:
-            log.info("receiver: duplicate %s/%s seq %d dropped", device, stream_hex, header.seq)
+            log.info("receiver: duplicate %s/%s seq %d dropped", device, stream_hex, seq)
+            self._defer = self.store.staged > 0  # it may be a copy of a frame not committed yet
+            self._answer_stored(topic, stream_hex, seq, mono)
             return "duplicate"
         if taken is not None:
-            raise MessageError("replay", f"{device}/{stream_hex} seq {header.seq} is already stored with other content")
+            raise MessageError("replay", f"{device}/{stream_hex} seq {seq} is already stored with other content")
         meta = opened.metadata if isinstance(opened.metadata, dict) else {}
         record = {
             "captured_at": header.captured_at,
@@ -155,47 +248,114 @@ class Receiver:
             "faces": meta.get("faces"),
             "fail_closed": meta.get("fail_closed"),
         }
-        self.store.save(device, stream_hex, header.seq, opened.image, header.content_type, digest, record)
+        if not self.store.staged:
+            self._staged_since = mono
+        self.store.stage(key, seq, opened.image, header.content_type, digest, record)
+        self._defer = True
+        self._answer_stored(topic, stream_hex, seq, mono)
         return "stored"
 
-    def _reassembler(self, device: str) -> Reassembler:
-        """One per device, so a device cannot complete or evict another device's chunks."""
-        found = self._reassemblers.get(device)
-        if found is None:
-            found = Reassembler(
-                max_pending_bytes=self.cfg.max_pending_bytes,
-                timeout_s=self.cfg.chunk_timeout_s,
-                max_message_bytes=self.cfg.max_frame_bytes,
-            )
-            self._reassemblers[device] = found
-        return found
+    def _answer_stored(self, topic: str, stream_hex: str, seq: int, mono: float) -> None:
+        answer_topic = ack_topic(topic)
+        if answer_topic is None:
+            return
+        if self._defer:
+            self._waiting_answers.append((answer_topic, stream_hex, seq))
+        else:
+            self._answers.stored(answer_topic, stream_hex, seq, mono)
+
+    def _refuse(self, topic: str, refusal: Refusal, mono: float) -> None:
+        device, answer_topic = topic_device(topic), ack_topic(topic)
+        if device is not None and answer_topic is not None:
+            self._answers.refuse(device, answer_topic, refusal, mono)
+
+    def _log_limited(self, device: str, mono: float) -> None:
+        last = self._limited_logged.get(device)
+        if last is None or mono - last >= 60:
+            log.warning("receiver: device %s is over its rate limit; dropping its chunks (it will re-send)", device)
+            self._limited_logged[device] = mono
+
+    def _refresh_registry(self, mono: float, force: bool = False) -> bool:
+        if not self.registry.poll(mono, force=force):
+            return False
+        devices = self.registry.devices
+        self._opener = Opener(self._recipient, devices, max_message_bytes=self.cfg.max_frame_bytes)
+        self._limiter.retain(devices)
+        self._limited_logged = {d: t for d, t in self._limited_logged.items() if d in devices}
+        return True
+
+    def poll_registry(self) -> bool:
+        """Re-read the enrollment records now (the receiver also does it every `registry_poll_s`)."""
+        with self._lock:
+            return self._refresh_registry(self._clock(), force=True)
+
+    # ------------------------------------------------------------------------- what to send, when
+
+    def take_mqtt_acks(self) -> list[int]:
+        """MQTT message ids whose fate is settled since the last call: acknowledge them to the broker."""
+        with self._lock:
+            acks, self._mqtt_acks = self._mqtt_acks, []
+            return acks
+
+    def take_answers(self, force: bool = True) -> list[tuple[str, Ack]]:
+        """(ack topic, Ack) to publish to devices: the due batches, or all of them (`force`)."""
+        with self._lock:
+            return self._answers.due(self._clock(), force=force)
 
     def expire(self) -> None:
-        """Drop incomplete chunked frames older than `chunk_timeout_s` (also done on every feed)."""
-        now = time.monotonic()
+        """Drop incomplete chunked frames older than `chunk_timeout_s` and close idle MP4 writers."""
+        mono = self._clock()
         with self._lock:
-            for reassembler in self._reassemblers.values():
-                reassembler.expire(now)
+            self._reassembler.expire(mono)
+            self._mqtt_acks.extend(self._reassembler.take_released())
+            self.store.close_idle(mono)
+            self._refresh_registry(mono)
+
+    def reset_connection(self) -> None:
+        """The MQTT connection is gone: held chunks and pending acks belong to it (the broker re-delivers).
+        Frames already staged are committed: they are stored, and their copies will be duplicates."""
+        with self._lock:
+            if self.store.staged:
+                self._commit()
+            self._reassembler.clear()
+            self._mqtt_acks.clear()
+
+    def memory(self) -> dict[str, int]:
+        """Sizes of the receiver's bounded structures (for tests and measurements)."""
+        with self._lock:
+            r = self._reassembler.stats()
+            return {
+                "pending_messages": r["pending"], "pending_chunks": r["pending_chunks"],
+                "pending_bytes": r["pending_bytes"], "reassembly_heap": r["heap"],
+                **self.store.dedupe.memory(), "open_writers": self.store.open_writers(),
+                "answer_batches": self._answers.waiting(), "rate_buckets": len(self._limiter),
+                "mqtt_acks_waiting": len(self._mqtt_acks),
+            }
 
     def summary(self) -> dict[str, Any]:
         with self._lock:
             gaps: dict[str, int] = {}
             ranges: dict[str, list[tuple[int, int]]] = {}
-            for (device, stream), state in self.store.streams().items():
-                gaps[f"{device}/{stream}"] = state.missing()
-                if state.missing():
-                    ranges[f"{device}/{stream}"] = state.missing_ranges()
-            incomplete = sum(
-                r.counts["expired"] + r.counts["evicted"] for r in self._reassemblers.values()
-            )
+            for key, stats in self.store.streams():
+                name = f"{key[0]}/{key[1]}"
+                gaps[name] = stats.missing()
+                if stats.missing() and len(ranges) < _MAX_GAP_RANGE_STREAMS:
+                    ranges[name] = self.store.missing_ranges(key)
+            r = self._reassembler.stats()
             return {
                 "received": self.counts["received"],
                 "stored": self.counts["stored"],
                 "duplicates": self.counts["duplicate"],
                 "partial_chunks": self.counts["partial"],
-                "incomplete_dropped": incomplete,
+                "incomplete_dropped": r["expired"] + r["evicted"] + r["over_cap"],
+                "held_chunks": r["pending_chunks"],
+                "rate_limited": self.counts["rate_limited"],
+                "storage_errors": self.counts["storage_errors"],
                 "rejected": dict(sorted(self.rejected.items())),
                 "rejected_total": sum(self.rejected.values()),
+                "answered": self._answers.counts["stored_answered"],
+                "refusals_sent": self._answers.counts["refusals"],
+                "refusals_suppressed": self._answers.counts["refusals_suppressed"],
                 "gaps": gaps,
                 "gaps_total": sum(gaps.values()),
                 "gap_ranges": ranges,
@@ -204,74 +364,11 @@ class Receiver:
     # ------------------------------------------------------------------------------------------ MQTT
 
     def run(self, stop_event: threading.Event, max_frames: int | None = None) -> dict[str, Any]:
-        """Receive until `stop_event` is set or `max_frames` frames were stored; returns the summary."""
-        self._max_frames = max_frames
-        self._stop = stop_event
-        backoff = Backoff(min(0.5, self.retry_max_s), self.retry_max_s)
+        """Receive until `stop_event` is set or `max_frames` frames were stored; returns the summary.
+        Raises StorageError after `max_storage_failures` storage failures in a row (see session.py)."""
         try:
-            while not self._done():
-                client = make_client(self.cfg.broker, self.client_id, persistent_session=True)
-                client.on_connect = self._on_connect
-                client.on_disconnect = self._on_disconnect
-                client.on_message = self._on_message
-                client.on_subscribe = self._on_subscribe
-                if self._open(client):
-                    backoff.reset()
-                    while not self._done() and self._session_up:
-                        if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
-                            break
-                        if time.monotonic() >= self._next_expire:
-                            self._next_expire = time.monotonic() + _EXPIRE_EVERY_S
-                            self.expire()
-                if self._session_up:
-                    client.disconnect()
-                    client.loop(timeout=0.1)
-                self._session_up = False
-                self.connected.clear()
-                sock = client.socket()
-                if sock is not None:
-                    sock.close()
-                if not self._done():
-                    delay = backoff.next()
-                    log.info("receiver: reconnecting in %.1f s", delay)
-                    self._stop.wait(delay)
+            run_session(self, stop_event, max_frames)
         finally:
+            summary = self.summary()
             self.store.close()
-        return self.summary()
-
-    def _done(self) -> bool:
-        return self._stop.is_set() or (self._max_frames is not None and self.counts["stored"] >= self._max_frames)
-
-    def _open(self, client: mqtt.Client) -> bool:
-        failure = open_connection(client, self.cfg.broker, persistent_session=True,
-                                  session_expiry_s=SESSION_EXPIRY_S, stop=self._done)
-        if failure is not None:
-            log.warning("receiver: %s", failure)
-            return False
-        return True
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
-        if reason_failed(reason_code):
-            return
-        self._session_up = True
-        client.subscribe(self.subscription, qos=1)
-        log.info("receiver: connected as %s, subscribing to %s", self.client_id, self.subscription)
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
-        if any(reason_failed(code) or getattr(code, "value", 0) >= 0x80 for code in codes):
-            log.error("receiver: broker refused the subscription to %s (%s)", self.subscription, codes)
-            return
-        self.connected.set()
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
-        if self._session_up and not self._done():
-            log.warning("receiver: connection lost (%s)", reason_code)
-        self._session_up = False
-        self.connected.clear()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = "<invalid utf-8 topic>"
-        self.handle(topic, bytes(message.payload))
+        return summary

@@ -1,23 +1,29 @@
-"""Byte layouts on the wire: the sealed-frame header and message, and the chunk envelope (docs/format.md).
+"""Byte layouts on the wire: the sealed-frame header and message (docs/format.md).
 
 Why a hand-rolled binary layout and not JSON or protobuf: the header is HPKE `info` and part of the signed
 bytes, so it must have exactly one encoding; fixed big-endian fields with two length-prefixed strings have
 that property and parse in a few bounds-checked steps. Every parsing problem raises MessageError with a
 stable reason, never IndexError or struct.error, because these bytes come from the network.
 
-Why chunk envelopes: brokers cap payloads (AWS IoT Core 128 KB, Azure IoT Hub 256 KB). Every MQTT payload
-is an envelope, even for a message that fits, so the receiver has one path. The envelope's message id is
-a hash of the whole message, so a reassembled message is checked before anything else looks at it.
+The chunk envelope (every MQTT payload) and its Reassembler live in `chunks.py` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from edge_mask.core.errors import MessageError
+from edge_mask.seal.chunks import (  # the chunk envelope lives in chunks.py; re-exported for old imports
+    CHUNK_HEADER_LEN,
+    CHUNK_MAGIC,
+    CHUNK_VERSION,
+    MESSAGE_ID_LEN,
+    Reassembler,
+    message_id,
+    split_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,142 +168,16 @@ def split_parts(message: bytes) -> MessageParts:
     return MessageParts(header, message[:header_len], signed[header_len:], signed, message[-SIGNATURE_LEN:])
 
 
-# ------------------------------------------------------------------------------------------ chunk envelope
-
-CHUNK_MAGIC = b"EMCK"
-CHUNK_VERSION = 1
-MESSAGE_ID_LEN = 16
-# magic, version, message id = sha256(message)[:16], index, count, total message length
-_CHUNK = struct.Struct(">4sB16sIII")
-CHUNK_HEADER_LEN = _CHUNK.size  # 33
-_CHUNK_OVERHEAD = 128  # bookkeeping charged per pending chunk, so tiny chunks cannot exhaust memory
-
-
-def message_id(message: bytes) -> bytes:
-    return hashlib.sha256(message).digest()[:MESSAGE_ID_LEN]
-
-
-def split_message(message: bytes, max_payload: int) -> list[bytes]:
-    """Wrap a message in one or more chunk envelopes, each at most `max_payload` bytes."""
-    if not message:
-        raise ValueError("cannot split an empty message")
-    room = max_payload - CHUNK_HEADER_LEN
-    if room <= 0:
-        raise ValueError(f"max_payload {max_payload} leaves no room after the {CHUNK_HEADER_LEN}-byte envelope")
-    count = -(-len(message) // room)
-    if count >= 1 << 32 or len(message) >= 1 << 32:
-        raise ValueError("message too large to chunk")
-    mid = message_id(message)
-    view = memoryview(message)
-    return [
-        _CHUNK.pack(CHUNK_MAGIC, CHUNK_VERSION, mid, i, count, len(message)) + view[i * room : (i + 1) * room]
-        for i in range(count)
-    ]
-
-
-@dataclass
-class _Pending:
-    first_seen: float
-    count: int
-    total: int
-    parts: dict[int, bytes] = field(default_factory=dict)
-    received: int = 0
-    charged: int = 0
-
-
-class Reassembler:
-    """Rebuilds messages from chunk envelopes, in any order, with bounded memory.
-
-    Bounds: a message may not exceed `max_message_bytes` (oversized); incomplete messages are dropped after
-    `timeout_s` (`expire`, also run on each feed); when pending chunks would exceed `max_pending_bytes`,
-    the oldest incomplete messages are evicted. Duplicate chunks are ignored. One Reassembler per device
-    (the receiver does this) keeps one device from evicting another's chunks.
-    """
-
-    def __init__(self, max_pending_bytes: int, timeout_s: float, max_message_bytes: int) -> None:
-        self.max_pending_bytes = max_pending_bytes
-        self.timeout_s = timeout_s
-        self.max_message_bytes = max_message_bytes
-        self._pending: dict[bytes, _Pending] = {}
-        self._pending_bytes = 0
-        self.counts = {"completed": 0, "expired": 0, "evicted": 0, "duplicate_chunks": 0}
-
-    def feed(self, payload: bytes, now: float) -> bytes | None:
-        """Take one envelope; return the whole message when this chunk completes it, else None."""
-        mid, index, count, total, data = self._parse(payload)
-        self.expire(now)
-        if count == 1:
-            return self._finish(mid, total, data)
-        entry = self._pending.get(mid)
-        if entry is None:
-            entry = _Pending(now, count, total)
-        elif (entry.count, entry.total) != (count, total):
-            self._drop(mid)
-            raise MessageError("malformed", "chunk disagrees with earlier chunks on count or length")
-        if index in entry.parts:
-            self.counts["duplicate_chunks"] += 1
-            return None
-        cost = len(data) + _CHUNK_OVERHEAD
-        if entry.received + len(data) > total:
-            self._drop(mid)
-            raise MessageError("malformed", "chunks add up to more than the announced length")
-        if total + count * _CHUNK_OVERHEAD > self.max_pending_bytes:
-            raise MessageError("oversized", f"a {total}-byte message cannot fit max_pending_bytes")
-        self._pending[mid] = entry
-        self._make_room(cost, keep=mid)
-        entry.parts[index] = data
-        entry.received += len(data)
-        entry.charged += cost
-        self._pending_bytes += cost
-        if len(entry.parts) < count:
-            return None
-        self._drop(mid)
-        return self._finish(mid, total, b"".join(entry.parts[i] for i in range(count)))
-
-    def expire(self, now: float) -> int:
-        """Drop incomplete messages first seen more than `timeout_s` ago; returns how many."""
-        stale = [mid for mid, e in self._pending.items() if now - e.first_seen > self.timeout_s]
-        for mid in stale:
-            self._drop(mid)
-        self.counts["expired"] += len(stale)
-        if stale:
-            log.info("reassembler: %d incomplete messages timed out", len(stale))
-        return len(stale)
-
-    def stats(self) -> dict[str, int]:
-        return {**self.counts, "pending": len(self._pending), "pending_bytes": self._pending_bytes}
-
-    def _parse(self, payload: bytes) -> tuple[bytes, int, int, int, bytes]:
-        if len(payload) < CHUNK_HEADER_LEN or payload[:4] != CHUNK_MAGIC:
-            raise MessageError("malformed", "not a chunk envelope (bad magic or too short)")
-        _magic, version, mid, index, count, total = _CHUNK.unpack_from(payload)
-        if version != CHUNK_VERSION:
-            raise MessageError("unsupported_version", f"chunk envelope version {version}")
-        data = bytes(payload[CHUNK_HEADER_LEN:])
-        if count == 0 or index >= count or total == 0 or not data or count > total:
-            raise MessageError("malformed", f"chunk {index}/{count} of a {total}-byte message with {len(data)} bytes")
-        if total > self.max_message_bytes:
-            raise MessageError("oversized", f"{total}-byte message > max_message_bytes {self.max_message_bytes}")
-        if len(data) > total:
-            raise MessageError("malformed", "chunk is longer than its whole message")
-        return mid, index, count, total, data
-
-    def _finish(self, mid: bytes, total: int, message: bytes) -> bytes:
-        if len(message) != total or message_id(message) != mid:
-            raise MessageError("malformed", "reassembled message does not match its length or message id")
-        self.counts["completed"] += 1
-        return message
-
-    def _drop(self, mid: bytes) -> None:
-        entry = self._pending.pop(mid, None)
-        if entry is not None:
-            self._pending_bytes -= entry.charged
-
-    def _make_room(self, cost: int, keep: bytes) -> None:
-        while self._pending_bytes + cost > self.max_pending_bytes:
-            oldest = next((m for m in self._pending if m != keep), None)
-            if oldest is None:
-                break
-            self._drop(oldest)
-            self.counts["evicted"] += 1
-            log.warning("reassembler: max_pending_bytes reached; evicted the oldest incomplete message")
+__all__ = [
+    "CHUNK_HEADER_LEN",
+    "CHUNK_MAGIC",
+    "CHUNK_VERSION",
+    "MESSAGE_ID_LEN",
+    "FrameHeader",
+    "MessageParts",
+    "Reassembler",
+    "join_message",
+    "message_id",
+    "split_message",
+    "split_parts",
+]

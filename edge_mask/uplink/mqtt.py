@@ -80,13 +80,24 @@ def make_client(
     return client
 
 
-def connect(client: mqtt.Client, broker: BrokerConfig, *, persistent_session: bool, session_expiry_s: int) -> None:
-    """Open the socket and send CONNECT; the caller runs the loop until CONNACK. Raises OSError on failure."""
+def connect(
+    client: mqtt.Client,
+    broker: BrokerConfig,
+    *,
+    persistent_session: bool,
+    session_expiry_s: int,
+    receive_maximum: int | None = None,
+) -> None:
+    """Open the socket and send CONNECT; the caller runs the loop until CONNACK. Raises OSError on failure.
+    `receive_maximum` (MQTT 5 only): how many unacknowledged QoS 1 messages the broker may send at once."""
     if broker.protocol == "5":
         props: Properties | None = None
-        if persistent_session:
+        if persistent_session or receive_maximum is not None:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if persistent_session and props is not None:
             props.SessionExpiryInterval = session_expiry_s
+        if receive_maximum is not None and props is not None:
+            props.ReceiveMaximum = receive_maximum
         client.connect(
             broker.host,
             broker.port,
@@ -101,6 +112,15 @@ def connect(client: mqtt.Client, broker: BrokerConfig, *, persistent_session: bo
 def reason_failed(reason_code: Any) -> bool:
     """True for an MQTT 5 failure reason code (>= 0x80); MQTT 3.1.1 acks are always successes in paho."""
     return bool(getattr(reason_code, "is_failure", False))
+
+
+NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+def not_delivered(reason_code: Any) -> bool:
+    """A PUBACK that hands nothing on: a failure (>= 0x80), or 0x10 "no matching subscribers" (the broker
+    took the message and dropped it: no receiver, not even an offline one's persistent session, listens)."""
+    return reason_failed(reason_code) or getattr(reason_code, "value", None) == NO_MATCHING_SUBSCRIBERS
 
 
 def wait_for_connack(client: mqtt.Client, timeout_s: float, stop: Callable[[], bool] | None = None) -> Any:
@@ -141,11 +161,13 @@ def open_connection(
     persistent_session: bool,
     session_expiry_s: int,
     stop: Callable[[], bool] | None = None,
+    receive_maximum: int | None = None,
 ) -> str | None:
     """`connect()`, then `wait_for_connack()`: None when the broker accepted, else one line saying why not
     (for the caller's log, which names who was connecting)."""
     try:
-        connect(client, broker, persistent_session=persistent_session, session_expiry_s=session_expiry_s)
+        connect(client, broker, persistent_session=persistent_session, session_expiry_s=session_expiry_s,
+                receive_maximum=receive_maximum)
     except (OSError, ValueError) as exc:
         return f"cannot connect to {broker.host}:{broker.port}: {exc}"
     connack = wait_for_connack(client, broker.connect_timeout_s, stop)
