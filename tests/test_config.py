@@ -128,8 +128,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_config_exit_codes_and_one_line(tmp_path: Path) -> None:
-    for name in ("recipient.pub", "device-signing.key"):
-        (tmp_path / name).write_text("placeholder")  # --check-config only checks that files exist
+    from edge_mask.seal import generate_recipient, generate_signing_key
+
+    generate_recipient(tmp_path / "cloud")
+    (tmp_path / "recipient.pub").write_bytes((tmp_path / "cloud" / "recipient.pub").read_bytes())
+    generate_signing_key(tmp_path / "device-signing.key")  # --check-config also checks what the files hold
     good = write(tmp_path, GOOD + "[camera]\ntype = 'synthetic'\n", "good.toml")
     result = run_cli("run", "--check-config", "--config", str(good))
     assert result.returncode == 0, result.stderr

@@ -22,6 +22,7 @@ from support.broker import RECEIVER_USER, Broker, mosquitto_broker  # noqa: F401
 from edge_mask.config import BrokerConfig, SpoolConfig, TLSConfig, UplinkConfig
 from edge_mask.core.backoff import Backoff
 from edge_mask.seal.wire import Reassembler
+from edge_mask.tools.uplink_bench import bench_message
 from edge_mask.uplink.mqtt import connect, make_client
 from edge_mask.uplink.mqtt_uplink import MqttUplink
 from edge_mask.uplink.spool import Spool, open_spool
@@ -72,17 +73,21 @@ def subscriber(mosquitto_broker: Broker) -> Iterator[Subscriber]:  # noqa: F811
     sub.close()
 
 
-def blobs(n: int, size: int = 3000) -> list[Blob]:
+def blobs(n: int, size: int = 3000, stream: bytes = b"\x07" * 16) -> list[Blob]:
+    """Records whose message starts with (stream, seq), where the stand-in cloud (`CloudAcker`) reads them."""
     rng = random.Random(n)
-    return [Blob(b"\x07" * 8, i, i.to_bytes(4, "big") + rng.randbytes(size)) for i in range(n)]
+    return [Blob(stream, i, bench_message(stream, i, rng.randbytes(size))) for i in range(n)]
 
 
 def uplink_for(broker: Broker, spool: Spool, device: str = "dev1", **overrides: object) -> MqttUplink:
+    """An uplink with short retries. Transport tests here delete on the broker's PUBACK (`confirm = "broker"`);
+    confirmation by the cloud is tested in tests/test_uplink_confirm.py."""
     settings: dict[str, object] = {
         "broker": broker.broker_config(device, protocol=str(overrides.pop("protocol", "5"))),
         "retry_min_s": 0.1,
         "retry_max_s": 0.5,
         "stats_interval_s": 0.5,
+        "confirm": "broker",
     }
     settings.update(overrides)
     return MqttUplink(UplinkConfig.model_validate(settings), device, spool)
@@ -175,7 +180,7 @@ def test_device_cannot_publish_to_another_devices_topic_mqtt311(
     try:
         assert wait_for(lambda: spool.stats().pending == 0)
         # A control message from the same device on its own topic proves the subscriber is listening.
-        control = Blob(b"\x07" * 8, 99, b"control")
+        control = Blob(b"\x07" * 16, 99, b"control")
         honest = uplink_for(mosquitto_broker, open_spool(SpoolConfig(path=tmp_path / "spool2")), protocol="3.1.1")
         honest.spool.put(control)  # type: ignore[arg-type]
         honest.start()

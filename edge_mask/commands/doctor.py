@@ -1,4 +1,4 @@
-"""`edge-mask doctor --config FILE`: one line per check (camera, model, keys, TLS, broker, spool, clock).
+"""`edge-mask doctor --config FILE`: one line per check (camera, model, keys, TLS, broker, spool, cloud, clock).
 
 Exits 0 when every check passed, 1 when any failed (each FAIL line names the fix).
 """
@@ -9,13 +9,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-CHECKS = ("camera", "model", "keys", "broker", "spool", "clock")
+CHECKS = ("camera", "model", "keys", "broker", "spool", "cloud", "clock")
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "doctor",
-        help="check camera, model, keys, certificates, broker, disk and clock",
+        help="check camera, model, keys, certificates, broker, disk, the cloud's answers and clock",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,9 +1,12 @@
 """`edge-mask run --config FILE [--check-config]`: the live device service.
 
-`--check-config` only validates the config (and that the files it names exist), prints one line and exits
-0, or prints the problems and exits 2: usable as `ExecStartPre=` so systemd refuses to start a broken
-configuration instead of restarting it in a loop. Signals: SIGTERM/SIGINT stop cleanly within 5 s,
-SIGHUP reloads the config where that is safe.
+`--check-config` validates the config and checks, without the network, the files it names: they exist,
+the keys are of the right type (Ed25519 signing key, X25519 recipient *public* key: no cloud private key on
+a device), private keys are mode 0600, the TLS certificate and CA parse and are valid now, the TLS key
+belongs to the certificate. It prints one line and exits 0 (warnings, such as a certificate expiring
+within 14 days, go to stderr), or one line per problem naming the file and the fix and exits 2: usable as
+`ExecStartPre=` so systemd refuses to start a broken configuration instead of restarting it in a loop.
+Signals: SIGTERM/SIGINT stop cleanly within 5 s, SIGHUP reloads the config where that is safe.
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_files(cfg: Any) -> None:
-    """The key and certificate files the config names must exist (contents are checked by `doctor`)."""
+    """The key and certificate files the config names must exist and hold what they should."""
     from edge_mask.core.errors import ConfigError
+    from edge_mask.service import config_checks
 
     named = {
         "seal.recipient_public_key": cfg.seal.recipient_public_key,
@@ -81,3 +85,9 @@ def check_files(cfg: Any) -> None:
         raise ConfigError(
             f"file not found: {'; '.join(missing)}; provision the device (edge-mask provision) or fix the paths"
         )
+    results = config_checks(cfg)
+    for warning in (c for c in results if c.ok):
+        print(f"edge-mask: warning: {warning.line()[5:]}", file=sys.stderr)
+    problems = [c.line()[5:] for c in results if not c.ok]
+    if problems:
+        raise ConfigError("\n".join(problems))

@@ -200,7 +200,9 @@ class SealConfig(Section):
 
 
 class SpoolConfig(Section):
-    """Crash-safe on-disk queue between sealing and upload; bounded by bytes and age (oldest dropped)."""
+    """Crash-safe on-disk queue between sealing and upload; bounded by bytes, disk space and age (oldest
+    dropped). `max_age_s` counts on the spool's own clock, which runs only while the service does and
+    ignores wall-clock jumps."""
 
     type: Literal["sqlite"] = "sqlite"
     path: ConfigPath = Path("/var/lib/edge-mask/spool")
@@ -232,7 +234,14 @@ class BrokerConfig(Section):
 
 
 class UplinkConfig(Section):
-    """MQTT upload of spooled frames with QoS 1, an LWT status topic and periodic stats."""
+    """MQTT upload of spooled frames with QoS 1, an LWT status topic and periodic stats.
+
+    `confirm = "cloud"` (default): a frame leaves the spool only when the cloud receiver's Ack on
+    `{prefix}/ack` names it; the broker's PUBACK only means "handed over". Unconfirmed frames are sent
+    again after `ack_timeout_s` (doubling per attempt up to 8x); at most `awaiting_max` frames are out
+    unconfirmed at a time. `confirm = "broker"` deletes on PUBACK, for a broker with no receiver answering
+    (benchmarks); a PUBACK "no matching subscribers" (0x10) is never a delivery in either mode.
+    """
 
     type: Literal["mqtt"] = "mqtt"
     broker: BrokerConfig = BrokerConfig()
@@ -242,6 +251,9 @@ class UplinkConfig(Section):
     retry_min_s: Positive = 0.5
     retry_max_s: Positive = 60.0
     stats_interval_s: Positive = 10.0
+    confirm: Literal["cloud", "broker"] = "cloud"
+    ack_timeout_s: Positive = 30.0
+    awaiting_max: Annotated[int, Field(ge=1, le=65536)] = 1024
 
 
 # ----------------------------------------------------------------------------------------------- service

@@ -261,10 +261,13 @@ class Service:
                 break
             sealed, captured, fail_closed = item
             try:
-                self.spool.put_timed(sealed, captured)
+                record_id = self.spool.put_timed(sealed, captured)
             except Exception:
                 log.exception("spool write failed; frame %d dropped", sealed.seq)
                 self.metrics.drop("spool_error")
+                continue
+            if record_id < 0:  # no room even after dropping the oldest (the spool logged the episode once)
+                self.metrics.drop("spool_full")
                 continue
             now = time.monotonic()
             self.metrics.count("frames_spooled")

@@ -2,7 +2,7 @@
 
 `LatestQueue` is the only place the live pipeline drops frames: raw frames waiting for the masker, oldest
 first, so the device always masks the most recent picture and never sends stale or unmasked ones.
-`TimedSpool` wraps the spool the uplink drains, to time each frame from capture to the broker's PUBACK.
+`TimedSpool` wraps the spool the uplink drains, to time each frame from capture to its confirmation.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_mask.core.types import RawFrame
@@ -74,18 +75,27 @@ class LatestQueue:
 
 
 class TimedSpool:
-    """Wraps the spool handed to the uplink to time capture -> broker acknowledgement per frame."""
+    """Wraps the spool handed to the uplink to time capture -> confirmation (the cloud's Ack, or the
+    broker's PUBACK with `uplink.confirm = "broker"`) per frame."""
 
     def __init__(self, inner: Spool, on_ack: Callable[[float], None]) -> None:
         self.inner = inner
-        self._captured: dict[int, float] = {}
+        self._captured: dict[int, tuple[tuple[bytes, int], float]] = {}
+        self._ids: dict[tuple[bytes, int], int] = {}
         self._lock = threading.Lock()
         self._on_ack = on_ack
 
+    @property
+    def directory(self) -> Path | None:
+        return self.inner.directory
+
     def put_timed(self, sealed: SealedFrame, captured_monotonic: float) -> int:
         record_id = self.inner.put(sealed)
-        with self._lock:
-            self._captured[record_id] = captured_monotonic
+        if record_id >= 0:
+            key = (bytes(sealed.stream_id), int(sealed.seq))
+            with self._lock:
+                self._captured[record_id] = (key, captured_monotonic)
+                self._ids[key] = record_id
         return record_id
 
     def put(self, sealed: SealedFrame) -> int:
@@ -96,10 +106,33 @@ class TimedSpool:
 
     def ack(self, record_id: int) -> None:
         self.inner.ack(record_id)
+        self._done([record_id])
+
+    def delete_ranges(self, stream_id: bytes, ranges: Iterable[tuple[int, int]]) -> int:
+        spans = list(ranges)
+        deleted = self.inner.delete_ranges(stream_id, spans)
+        if deleted:
+            ids: list[int] = []
+            with self._lock:
+                for first, last in spans:  # look up each seq of a short range, scan only for a long one
+                    if last - first < len(self._ids):
+                        found = (self._ids.get((stream_id, seq)) for seq in range(first, last + 1))
+                        ids += [rid for rid in found if rid is not None]
+                    else:
+                        ids += [rid for (s, seq), rid in self._ids.items() if s == stream_id and first <= seq <= last]
+            self._done(ids)
+        return deleted
+
+    def _done(self, record_ids: list[int]) -> None:
+        now = time.monotonic()
         with self._lock:
-            captured = self._captured.pop(record_id, None)
-        if captured is not None:
-            self._on_ack(time.monotonic() - captured)
+            found = [self._captured.pop(rid, None) for rid in record_ids]
+            for item in found:
+                if item is not None:
+                    self._ids.pop(item[0], None)
+        for item in found:
+            if item is not None:
+                self._on_ack(now - item[1])
 
     def stats(self) -> SpoolStats:
         return self.inner.stats()

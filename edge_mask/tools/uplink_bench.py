@@ -1,9 +1,14 @@
-"""Benchmark: sustained frames/s from the on-disk spool through a local Mosquitto (QoS 1, acked).
+"""Benchmark: sustained frames/s from the on-disk spool through a local Mosquitto, until confirmed.
 
 What it measures is the device half after sealing: `Spool.put` (fsynced SQLite commit) in the producer
-thread, and the uplink thread publishing with its in-flight window and deleting each record on PUBACK.
-Frames/s = frames / (first put .. last acknowledgement). The payload is a real-sized 640x480 JPEG (a
-video frame when one is given, else a textured test image), since the uplink never looks inside it.
+thread, and the uplink thread publishing with its in-flight window. With `confirm = "cloud"` (the
+default) a frame counts when the cloud's Ack deleted it from the spool; `CloudAcker` answers in place of
+the receiver, the way the receiver does (batched every 50 ms or 256 frames), without its storage cost,
+in a process of its own (`AckerProcess`), as the receiver is.
+With `confirm = "broker"` a frame counts on PUBACK; the acker still subscribes (silently), since a PUBACK
+"no matching subscribers" is not a delivery. Frames/s = frames / (first put .. last deletion). The payload
+is a real-sized 640x480 JPEG (a video frame when one is given, else a textured test image), since the
+uplink never looks inside it.
 
 `run_uplink_bench()` starts a private `mosquitto` on an ephemeral loopback port (plain TCP, anonymous,
 only for the benchmark) unless a `BrokerConfig` is passed (for example a TLS broker from the tests or a
@@ -14,20 +19,31 @@ from __future__ import annotations
 
 import logging
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
 
 from edge_mask.config import BrokerConfig, SpoolConfig, UplinkConfig
-from edge_mask.core.errors import UserError
+from edge_mask.core.errors import MessageError, UserError
+from edge_mask.seal import Ack, Reassembler, Refusal, ack_topic, to_ranges
+from edge_mask.seal.wire import FrameHeader
 from edge_mask.tools.broker import Mosquitto
+from edge_mask.uplink.mqtt import connect, make_client
 from edge_mask.uplink.mqtt_uplink import MqttUplink
 from edge_mask.uplink.spool import open_spool
 
 log = logging.getLogger(__name__)
+
+AckMode = Literal["store", "refuse", "silent"]
+_FLUSH_AT = 256
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,147 @@ class _Blob:
     stream_id: bytes
     seq: int
     message: bytes
+
+
+def bench_message(stream_id: bytes, seq: int, payload: bytes) -> bytes:
+    """A benchmark record: stream id (16 bytes) and seq (8 bytes) in front, where `CloudAcker` reads them."""
+    return stream_id + seq.to_bytes(8, "big") + payload
+
+
+def frame_key(message: bytes) -> tuple[bytes, int]:
+    """(stream id, seq) of a sealed frame (from its header) or of a `bench_message`."""
+    try:
+        header, _ = FrameHeader.unpack(message)
+        return header.stream_id, header.seq
+    except MessageError:
+        return message[:16], int.from_bytes(message[16:24], "big")
+
+
+class CloudAcker:
+    """Answers devices the way the cloud receiver does, without verifying or storing anything.
+
+    Subscribes to every device's frames, reassembles chunks, and answers on each device's ack topic:
+    `mode = "store"` confirms, `"refuse"` refuses with `reason`, `"silent"` only listens. For benchmarks
+    and tests (a stand-in while the real receiver is elsewhere); `mode` may be changed while running.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        client_id: str = "edge-mask-bench-cloud",
+        mode: AckMode = "store",
+        reason: str = "wrong_recipient",
+        interval_s: float = 0.05,
+        topic: str = "edge-mask/+/frames/#",
+    ) -> None:
+        self.mode: AckMode = mode
+        self.reason = reason
+        self.received: dict[tuple[bytes, int], int] = defaultdict(int)
+        self.acks_sent = 0
+        self._broker = broker
+        self._interval = interval_s
+        self._topic = topic
+        self._lock = threading.Lock()
+        self._waiting: dict[str, dict[bytes, list[int]]] = {}
+        self._reassembler: Reassembler[int] = Reassembler(
+            max_pending_bytes=256 << 20, timeout_s=60, max_message_bytes=64 << 20
+        )
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self._client = make_client(broker, client_id, max_inflight=1000)
+        self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self._client.on_subscribe = lambda c, u, mid, codes, p: self._subscribed.set()
+        self._client.on_message = self._on_message
+        self._flusher = threading.Thread(target=self._flush_loop, name="cloud-acker", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        connect(self._client, self._broker, persistent_session=False, session_expiry_s=0)
+        self._client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.stop()
+            raise UserError(f"cloud acker: no SUBACK from {self._broker.host}:{self._broker.port} for {self._topic}")
+        self._flusher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._flusher.is_alive():
+            self._flusher.join(5)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            message = self._reassembler.feed(bytes(msg.payload), time.monotonic())
+        except MessageError:
+            return
+        if message is None:
+            return
+        key = frame_key(message)
+        topic = ack_topic(msg.topic)
+        with self._lock:
+            self.received[key] += 1
+            if self.mode == "silent" or topic is None:
+                return
+            streams = self._waiting.setdefault(topic, {})
+            streams.setdefault(key[0], []).append(key[1])
+            full = sum(len(v) for v in streams.values()) >= _FLUSH_AT
+        if full:
+            self._flush()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
+            mode, reason = self.mode, self.reason
+        for topic, streams in waiting.items():
+            if mode == "refuse":
+                ack = Ack(refused=tuple(Refusal(reason, "cloud acker refuses", stream.hex(), tuple(to_ranges(seqs)))
+                                        for stream, seqs in streams.items()))
+            else:
+                ack = Ack(stored={stream.hex(): tuple(to_ranges(seqs)) for stream, seqs in streams.items()})
+            self._client.publish(topic, ack.pack(), qos=1)
+            with self._lock:
+                self.acks_sent += 1
+
+
+def acker_main(argv: list[str]) -> None:
+    """Child process body: a `CloudAcker` (argv: broker config JSON, mode) until its stdin closes."""
+    acker = CloudAcker(BrokerConfig.model_validate_json(argv[0]), mode=argv[1])  # type: ignore[arg-type]
+    acker.start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    acker.stop()
+
+
+class AckerProcess:
+    """A `CloudAcker` in its own process, so that the benchmark measures the device's work only: the real
+    receiver runs elsewhere, and an in-process acker would compete for this interpreter's lock."""
+
+    def __init__(self, broker: BrokerConfig, mode: AckMode) -> None:
+        code = "import sys; from edge_mask.tools.uplink_bench import acker_main; acker_main(sys.argv[1:])"
+        self._args = [sys.executable, "-c", code, broker.model_dump_json(), mode]
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(self._args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
+        if self._process.stdout.readline().strip() != "ready":  # empty when the child failed (it logs why)
+            self.stop()
+            raise UserError("uplink benchmark: the stand-in cloud did not subscribe to the broker")
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(5)
 
 
 def bench_jpeg(width: int = 640, height: int = 480, quality: int = 80, video: Path | None = None) -> bytes:
@@ -76,9 +233,11 @@ def run_uplink_bench(
     video: Path | None = None,
     work_dir: Path | None = None,
     timeout_s: float = 120.0,
+    confirm: Literal["cloud", "broker"] = "cloud",
 ) -> dict[str, Any]:
     """Push `frames` JPEG-sized records through spool + uplink + broker; returns figures for `edge-mask bench`."""
     payload = bench_jpeg(width, height, quality, video)
+    stream = bytes(range(16))
     with tempfile.TemporaryDirectory(prefix="edge-mask-bench-", dir=work_dir) as tmp:
         tmp_dir = Path(tmp)
         local = None
@@ -86,9 +245,12 @@ def run_uplink_bench(
             local = Mosquitto.plain(tmp_dir)
             local.start()
             broker = BrokerConfig(host="127.0.0.1", port=local.port, tls=None, client_id="edge-mask-bench")
+        acker = AckerProcess(broker, "store" if confirm == "cloud" else "silent")
         spool = open_spool(SpoolConfig(path=tmp_dir / "spool"))
-        uplink = MqttUplink(UplinkConfig(broker=broker, inflight=inflight, stats_interval_s=3600), "bench", spool)
+        cfg = UplinkConfig(broker=broker, inflight=inflight, stats_interval_s=3600, confirm=confirm)
+        uplink = MqttUplink(cfg, "bench", spool)
         try:
+            acker.start()
             uplink.start()
             if not uplink.wait_connected(broker.connect_timeout_s):
                 raise UserError(f"uplink benchmark: cannot connect to the broker at {broker.host}:{broker.port}")
@@ -98,7 +260,7 @@ def run_uplink_bench(
             def produce() -> None:
                 for seq in range(frames):
                     t0 = time.perf_counter()
-                    spool.put(_Blob(b"\x00" * 8, seq, payload))  # type: ignore[arg-type]
+                    spool.put(_Blob(stream, seq, bench_message(stream, seq, payload)))  # type: ignore[arg-type]
                     put_ms.append((time.perf_counter() - t0) * 1000)
                 done.set()
 
@@ -111,8 +273,10 @@ def run_uplink_bench(
             elapsed = time.perf_counter() - start
             producer.join()
             stats = spool.stats()
+            resent = uplink.stats()["frames_resent"]
         finally:
             uplink.stop()
+            acker.stop()
             spool.close()
             if local is not None:
                 local.stop()
@@ -121,6 +285,8 @@ def run_uplink_bench(
     return {
         "frames": frames,
         "frames_acked": acked,
+        "confirm": confirm,
+        "frames_resent": resent,
         "width": width,
         "height": height,
         "jpeg_bytes": len(payload),

@@ -1,15 +1,24 @@
-"""Upload spooled frames over MQTT with QoS 1; a frame leaves the spool only when the broker acknowledged it.
+"""Upload spooled frames over MQTT with QoS 1; a frame leaves the spool only when the cloud stored it.
 
 Flow: the pipeline puts sealed frames into the spool; this module's thread keeps a small window of
-records in flight (`UplinkConfig.inflight` MQTT messages), publishes each record's chunks
-(`wire.split_message`, every payload a chunk envelope) to `{prefix}/frames`, and acks the record in the
-spool once every chunk got its PUBACK. A PUBACK with an MQTT 5 failure code (0x87 not authorized,
-0x97 quota exceeded, ...) is not an acknowledgement: the record stays and is retried after a back-off.
+messages in flight (`UplinkConfig.inflight`), publishes each record's chunks (`wire.split_message`, every
+payload a chunk envelope) to `{prefix}/frames`, and waits for the broker's PUBACK of every chunk.
 
-On a lost connection the in-flight set is simply forgotten: those records are still in the spool and are
-sent again, oldest first, after the next CONNACK (the receiver drops the duplicates). Reconnects use
-exponential backoff with jitter (`edge_mask.core.backoff`). `connected` is true only between a successful
-CONNACK and the loss of that connection.
+Why the PUBACK is not the end (`confirm = "cloud"`, the default): a broker that restarts without saving
+its queue, or a receiver that fails to write, would lose frames the device had deleted. So after the
+PUBACK a record waits "awaiting cloud" (`confirm.Outstanding`, at most `awaiting_max` records) until the
+receiver's Ack on `{prefix}/ack` names its (stream, seq) (`Spool.delete_ranges`); the uplink subscribes
+to that topic after every CONNACK. A record the cloud does not confirm within `ack_timeout_s` (doubling
+per attempt, up to 8x) is sent again; the receiver drops duplicates and answers them as stored. A refusal
+in an Ack (wrong recipient key, device not enrolled) keeps the frames and is reported
+(`confirm.CloudVerdict`: log, stats, cloud-status.json for `doctor`). `confirm = "broker"` deletes on
+PUBACK, for brokers with no receiver answering (the uplink benchmark's baseline).
+
+A PUBACK with an MQTT 5 failure code (0x87 not authorized, 0x97 quota exceeded, ...) or 0x10 ("no
+matching subscribers": the broker dropped it) is not a delivery in either mode: the record goes back to
+pending and is retried after a back-off. On a lost connection the records still in flight go back to
+pending and are sent again, oldest first, after the next CONNACK; the ones awaiting the cloud keep their
+timers. Reconnects use exponential backoff with jitter (`edge_mask.core.backoff`).
 
 Status: `{prefix}/status` is retained; the broker's LWT sets it to `offline`, the uplink sets `online`
 after CONNACK and `stopped` on a clean stop. Stats go to `{prefix}/stats` every `stats_interval_s`.
@@ -28,15 +37,24 @@ import paho.mqtt.client as mqtt
 
 from edge_mask.config import UplinkConfig
 from edge_mask.core.backoff import Backoff
-from edge_mask.seal import split_message
-from edge_mask.uplink.base import UPLINKS, StatsSource, Uplink
-from edge_mask.uplink.mqtt import check_tls_files, make_client, open_connection, reason_failed
-from edge_mask.uplink.spool import Spool
+from edge_mask.core.errors import MessageError
+from edge_mask.seal import Ack, ack_topic, parse_ack, split_message
+from edge_mask.uplink.base import UPLINKS, Spool, StatsSource, Uplink
+from edge_mask.uplink.confirm import CloudVerdict, Outstanding
+from edge_mask.uplink.mqtt import (
+    NO_MATCHING_SUBSCRIBERS,
+    check_tls_files,
+    make_client,
+    not_delivered,
+    open_connection,
+    reason_failed,
+)
 
 log = logging.getLogger(__name__)
 
 _LOOP_TIMEOUT_S = 0.02
 _STOP_GRACE_S = 2.0
+_STOP_ACK_QUIET_S = 0.3  # on stop, wait for cloud answers only while they keep coming
 
 
 class MqttUplink:
@@ -53,6 +71,7 @@ class MqttUplink:
         self.frames_topic = f"{self.prefix}/frames"
         self.status_topic = f"{self.prefix}/status"
         self.stats_topic = f"{self.prefix}/stats"
+        self.ack_topic = ack_topic(self.frames_topic) if cfg.confirm == "cloud" else None
         self._client_id = cfg.broker.client_id or device_id
         self._stats_source = stats_source
         self._stop = threading.Event()
@@ -61,12 +80,15 @@ class MqttUplink:
         self._connected = threading.Event()
         self._backoff = Backoff(cfg.retry_min_s, cfg.retry_max_s)
         self._extra_stats: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # guards the counters read by stats()
+        self._lock = threading.Lock()  # guards what stats() reads: counters, outstanding, verdict
         # Per connection: mid -> record id, record id -> mids still waiting for PUBACK.
         self._mid_record: dict[int, int] = {}
         self._record_mids: dict[int, set[int]] = {}
+        self._out = Outstanding(cfg.ack_timeout_s)
+        self._verdict = CloudVerdict(spool.directory)
         self._hold_until = 0.0
         self._session_up = False
+        self._undelivered_logged = False
         self._counters = {
             "connects": 0,
             "connect_failures": 0,
@@ -75,9 +97,11 @@ class MqttUplink:
             "frames_acked": 0,
             "chunks_published": 0,
             "frames_rejected": 0,
+            "frames_undelivered": 0,
             "frames_resent": 0,
+            "acks_received": 0,
+            "acks_malformed": 0,
         }
-        self._ever_sent: set[int] = set()
 
     # ------------------------------------------------------------------------------------- public API
 
@@ -97,7 +121,7 @@ class MqttUplink:
         self._clean_stop = clean
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.cfg.broker.connect_timeout_s + 2 * _STOP_GRACE_S + 5)
+            self._thread.join(timeout=self.cfg.broker.connect_timeout_s + 3 * _STOP_GRACE_S + 5)
             self._thread = None
 
     def wait_connected(self, timeout: float) -> bool:
@@ -111,6 +135,8 @@ class MqttUplink:
         with self._lock:
             out: dict[str, Any] = dict(self._counters)
             out["inflight_messages"] = len(self._mid_record)
+            out["awaiting_cloud"] = self._out.awaiting
+            out.update(self._verdict.stats())
         out["connected"] = self.connected
         return out
 
@@ -133,6 +159,8 @@ class MqttUplink:
             delay = self._backoff.next()
             log.info("uplink: reconnecting to %s:%d in %.1f s", self.cfg.broker.host, self.cfg.broker.port, delay)
             self._stop.wait(delay)
+        if self._verdict.confirmed or self._verdict.refusal is not None:
+            self._verdict.write()  # last_confirmed_at as of the stop, for doctor
 
     def _open(self, client: mqtt.Client) -> bool:
         """Connect and wait for a successful CONNACK; False (and counted) otherwise."""
@@ -140,6 +168,8 @@ class MqttUplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
         failure = open_connection(client, self.cfg.broker, persistent_session=False, session_expiry_s=0,
                                   stop=self._stop.is_set)
         if failure is not None:
@@ -152,13 +182,22 @@ class MqttUplink:
         if reason_failed(reason_code):
             return
         self._session_up = True
+        self._forget_link()
         with self._lock:
             self._counters["connects"] += 1
-            self._mid_record.clear()
-            self._record_mids.clear()
+        if self.ack_topic is not None:
+            # Before any frame: the broker handles this connection's packets in order, so no Ack for a
+            # frame published after this point can miss the subscription.
+            client.subscribe(self.ack_topic, qos=1)
         client.publish(self.status_topic, b"online", qos=1, retain=True)
         self._connected.set()
         log.info("uplink: connected to %s:%d as %s", self.cfg.broker.host, self.cfg.broker.port, self._client_id)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        if any(reason_failed(code) or getattr(code, "value", 0) >= 0x80 for code in codes):
+            log.error("uplink: the broker refused the subscription to %s (%s): the cloud's confirmations cannot "
+                      "arrive, frames stay spooled and are re-sent every ack_timeout_s -> fix: allow the device "
+                      "to read its ack topic in the broker ACL", self.ack_topic, codes)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         if self._session_up:
@@ -168,12 +207,16 @@ class MqttUplink:
                 log.warning("uplink: connection lost (%s)", reason_code)
         self._connected.clear()
 
-    def _close(self, client: mqtt.Client) -> None:
-        self._connected.clear()
+    def _forget_link(self) -> None:
+        """Unacknowledged records stay in the spool and go out again after the next CONNACK."""
         with self._lock:
-            # Unacknowledged records stay in the spool and go out again after the next CONNACK.
             self._mid_record.clear()
             self._record_mids.clear()
+            self._out.forget_in_flight()
+
+    def _close(self, client: mqtt.Client) -> None:
+        self._connected.clear()
+        self._forget_link()
         was_up, self._session_up = self._session_up, False
         if was_up and self._stop.is_set() and self._clean_stop:
             info = client.publish(self.status_topic, b"stopped", qos=1, retain=True)
@@ -202,20 +245,28 @@ class MqttUplink:
             if client.loop(timeout=_LOOP_TIMEOUT_S) != mqtt.MQTT_ERR_SUCCESS:
                 break
         if self._stop.is_set() and self._session_up and self._clean_stop:
-            # Give the frames already in flight a moment to be acknowledged, to spare duplicates.
+            # Give the frames already out a moment to be acknowledged (and confirmed), to spare duplicates.
             deadline = time.monotonic() + _STOP_GRACE_S
-            while self._mid_record and self._session_up and time.monotonic() < deadline:
+            while self._session_up and time.monotonic() < deadline and (self._mid_record or self._answers_coming()):
                 if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
                     break
+
+    def _answers_coming(self) -> bool:
+        age = self._verdict.stats()["last_confirmed_age_s"]
+        return self._out.awaiting > 0 and age is not None and age < _STOP_ACK_QUIET_S
 
     def _fill_window(self, client: mqtt.Client) -> None:
         if time.monotonic() < self._hold_until:
             return
-        room = self.cfg.inflight - len(self._mid_record)
-        if room <= 0:
-            return
-        records = self.spool.pending(room, exclude=self._record_mids.keys())
-        for record in records:
+        with self._lock:
+            self._out.expire()
+            limit = self.cfg.inflight - len(self._mid_record)
+            if self.ack_topic is not None:
+                limit = min(limit, self.cfg.awaiting_max - len(self._out))
+            if limit <= 0:
+                return
+            exclude = set(self._out.ids())
+        for record in self.spool.pending(limit, exclude=exclude):
             if self._mid_record and len(self._mid_record) >= self.cfg.inflight:
                 break  # a big chunked record waits until the window has drained
             mids: set[int] = set()
@@ -233,11 +284,8 @@ class MqttUplink:
                 self._record_mids[record.id] = mids
                 self._counters["frames_published"] += 1
                 self._counters["chunks_published"] += len(mids)
-                if record.id in self._ever_sent:
+                if self._out.published(record):
                     self._counters["frames_resent"] += 1
-                if len(self._ever_sent) > 100_000:
-                    self._ever_sent.clear()  # ids dropped from the spool for space never get acked
-                self._ever_sent.add(record.id)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, props: Any) -> None:
         with self._lock:
@@ -247,26 +295,67 @@ class MqttUplink:
             mids = self._record_mids.get(record_id)
             if mids is None:
                 return
-            if reason_failed(reason_code):
+            if not_delivered(reason_code):
                 # Forget the whole record for this connection; it stays in the spool and is retried later.
                 for other in mids:
                     self._mid_record.pop(other, None)
                 del self._record_mids[record_id]
-                self._counters["frames_rejected"] += 1
-                delay = self._backoff.next()
-                self._hold_until = time.monotonic() + delay
-                log.error(
-                    "uplink: broker rejected a frame on %s (%s); keeping it spooled, retrying in %.1f s",
-                    self.frames_topic, reason_code, delay,
-                )
+                self._out.forget(record_id)
+                self._undelivered(reason_code)
                 return
+            self._undelivered_logged = False
             mids.discard(mid)
             if mids:
                 return
             del self._record_mids[record_id]
             self._counters["frames_acked"] += 1
-            self._ever_sent.discard(record_id)
+            if self.ack_topic is not None:
+                self._out.delivered(record_id)  # now the cloud's turn
+                return
+            self._out.forget(record_id)
         self.spool.ack(record_id)
+
+    def _undelivered(self, reason_code: Any) -> None:
+        """Called under the lock: hold sending for a back-off, count and log (0x10 once per episode)."""
+        delay = self._backoff.next()
+        self._hold_until = time.monotonic() + delay
+        if getattr(reason_code, "value", None) == NO_MATCHING_SUBSCRIBERS:
+            self._counters["frames_undelivered"] += 1
+            if not self._undelivered_logged:
+                self._undelivered_logged = True
+                log.warning("uplink: nobody subscribes to %s (PUBACK 0x10 no matching subscribers): the cloud "
+                            "receiver is not listening; keeping frames spooled, retrying", self.frames_topic)
+            return
+        self._counters["frames_rejected"] += 1
+        log.error("uplink: broker rejected a frame on %s (%s); keeping it spooled, retrying in %.1f s",
+                  self.frames_topic, reason_code, delay)
+
+    # ---------------------------------------------------------------------------------- cloud answers
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.ack_topic is None or msg.topic != self.ack_topic:
+            return
+        try:
+            ack = parse_ack(bytes(msg.payload))
+        except MessageError as exc:
+            self._count("acks_malformed")
+            log.warning("uplink: ignored a malformed answer on %s (%s)", msg.topic, exc)
+            return
+        self._count("acks_received")
+        self._apply(ack)
+
+    def _apply(self, ack: Ack) -> None:
+        deleted = 0
+        for stream_hex, ranges in ack.stored.items():
+            stream = bytes.fromhex(stream_hex)
+            deleted += self.spool.delete_ranges(stream, ranges)
+            with self._lock:
+                self._out.confirmed(stream, ranges)
+        with self._lock:
+            if ack.stored:
+                self._verdict.on_confirmed(deleted)
+            for refusal in ack.refused:
+                self._verdict.on_refused(refusal, sum(b - a + 1 for a, b in refusal.ranges) or 1)
 
     def _send_stats(self, client: mqtt.Client, extra: dict[str, Any]) -> None:
         payload: dict[str, Any] = {"device_id": self.device_id, "time": time.time()}

@@ -1,7 +1,9 @@
 """Crash-safe on-disk queue between sealing and upload.
 
-Every sealed frame is written here *before* it is published and leaves only when the broker has
-acknowledged it (QoS 1 PUBACK), so neither a broker outage nor a killed device process loses a frame.
+Every sealed frame is written here *before* it is published and leaves only when the far side confirmed
+it: the cloud's Ack naming its (stream, seq) (`delete_ranges`), or, for an uplink configured to trust the
+broker, the broker's PUBACK (`ack`). Neither a broker outage, a lost broker queue nor a killed device
+process loses a frame.
 
 Why SQLite in WAL mode with `synchronous=FULL` (and not temp-file + fsync + rename per frame):
 * a transaction is atomic: after a power cut or `kill -9` a record is either wholly present or absent,
@@ -10,12 +12,13 @@ Why SQLite in WAL mode with `synchronous=FULL` (and not temp-file + fsync + rena
   storage (`NORMAL` in WAL mode may lose the last commits on power loss, which would break "nothing lost");
 * one file holds thousands of records with cheap ordered scans, where a directory of files needs a
   listing and sort on every start, plus directory fsyncs; a commit here costs well under a millisecond.
-Acknowledgements are deletes: losing one on power loss only means a frame is re-sent, and the receiver
-drops it as a duplicate, so acks do not need their own fsync but get it anyway from the same connection.
+A delete lost to a power cut only means a frame is re-sent; the receiver answers it as stored again.
 
-Bounds: total bytes and record age. When a new frame would exceed `max_bytes`, or records are older than
-`max_age_s`, the oldest records are deleted and counted (`dropped_full`, `dropped_age`); the process never
-stops because the spool is full. Only sealed bytes are stored; raw or masked pixels never reach this module.
+Bounds: bytes, age and disk. Over `max_bytes`, past `max_age_s` on the spool clock (`spool_db.SpoolClock`,
+immune to wall-clock jumps), or short of disk (kept with headroom for SQLite's log; SQLITE_FULL as last
+resort), the oldest records are deleted and counted (`dropped_full`, `dropped_age`), with one warning per
+episode and no exception: the capture pipeline keeps running. Only if an emptied spool still has no room is
+the new frame dropped (counted too). Only sealed bytes are stored, never raw or masked pixels.
 """
 
 from __future__ import annotations
@@ -23,72 +26,40 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING
 
 from edge_mask.config import SpoolConfig
 from edge_mask.core.errors import UserError
 from edge_mask.core.registry import Registry
+from edge_mask.uplink.base import Range, Spool, SpoolRecord, SpoolStats
+from edge_mask.uplink.spool_db import (
+    LOCK_NAME,
+    FullEpisode,
+    SpoolClock,
+    create_schema,
+    disk_spare,
+    is_full,
+    make_private_dir,
+    open_private_file,
+)
 
 if TYPE_CHECKING:
     from edge_mask.seal import SealedFrame
 
+__all__ = ["SPOOLS", "Spool", "SpoolRecord", "SpoolStats", "SqliteSpool", "open_spool"]
 log = logging.getLogger(__name__)
 
 DB_NAME = "spool.sqlite3"
 _AGE_CHECK_EVERY_S = 1.0
-
-
-@dataclass(frozen=True)
-class SpoolRecord:
-    """One sealed message waiting for the broker's acknowledgement; `id` orders records oldest first."""
-
-    id: int
-    seq: int
-    message: bytes
-
-
-@dataclass(frozen=True)
-class SpoolStats:
-    """Counters since this process opened the spool, plus the current backlog."""
-
-    pending: int
-    pending_bytes: int
-    oldest_age_s: float
-    put: int
-    acked: int
-    dropped_full: int
-    dropped_age: int
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {
-            "spool_pending": self.pending,
-            "spool_pending_bytes": self.pending_bytes,
-            "spool_oldest_age_s": round(self.oldest_age_s, 3),
-            "spool_put": self.put,
-            "spool_acked": self.acked,
-            "spool_dropped_full": self.dropped_full,
-            "spool_dropped_age": self.dropped_age,
-        }
-
-
-class Spool(Protocol):
-    """What the capture pipeline (writer) and the uplink (reader/acker) share; all methods thread-safe."""
-
-    def put(self, sealed: SealedFrame) -> int: ...
-
-    def pending(self, limit: int, exclude: Collection[int] = ()) -> list[SpoolRecord]: ...
-
-    def ack(self, record_id: int) -> None: ...
-
-    def stats(self) -> SpoolStats: ...
-
-    def close(self) -> None: ...
+_FULL_RETRIES = 10
+_WAL_PAGES = 128  # checkpoint the write-ahead log every 128 pages (512 KiB): twice that is kept free on disk
+_MAX_SQLITE_INT = (1 << 63) - 1
 
 
 SPOOLS: Registry[Spool] = Registry("spool")
@@ -99,28 +70,26 @@ def open_spool(cfg: SpoolConfig) -> Spool:
     return SPOOLS.create(cfg)
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS frames (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream BLOB NOT NULL,
-    seq INTEGER NOT NULL,
-    created REAL NOT NULL,
-    size INTEGER NOT NULL,
-    message BLOB NOT NULL
-)
-"""
-
-
 class SqliteSpool:
-    """The SQLite spool: one database file in the directory `cfg.path`, locked against a second process."""
+    """The SQLite spool: one database file in the directory `cfg.path`, locked against a second process.
 
-    def __init__(self, cfg: SpoolConfig, clock: Callable[[], float] = time.time) -> None:
+    `clock` is the wall clock (display only), `monotonic` drives the spool clock; `max_pages` caps the
+    database at that many pages, a test hook that makes SQLite answer "disk full" without filling a disk.
+    """
+
+    def __init__(
+        self,
+        cfg: SpoolConfig,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_pages: int | None = None,
+    ) -> None:
         self._cfg = cfg
-        self._now = clock
+        self._wall = clock
         self._lock = threading.Lock()
         self._dir = Path(cfg.path)
         try:
-            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dir(self._dir)
         except OSError as exc:
             raise UserError(
                 f"spool.path = {self._dir}: cannot create the spool directory ({exc.strerror}); "
@@ -129,17 +98,22 @@ class SqliteSpool:
         self._lockfile = self._take_lock()
         path = self._dir / DB_NAME
         try:
+            os.close(open_private_file(path))  # 0600 before SQLite opens it; its -wal/-shm copy the mode
             # isolation_level=None: we issue BEGIN/COMMIT ourselves so every put is exactly one transaction.
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise UserError(f"spool.path = {self._dir}: the file system does not support SQLite WAL mode")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(_SCHEMA)
+            self._db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+            if max_pages is not None:
+                self._db.execute(f"PRAGMA max_page_count={int(max_pages)}")
+            create_schema(self._db)
+            self._clock = SpoolClock(self._db, monotonic)
             count, total, oldest = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM frames"
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(clock) FROM frames"
             ).fetchone()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             self._lockfile.close()
             raise UserError(
                 f"spool.path = {self._dir}: the spool database is unreadable ({exc}); "
@@ -149,16 +123,22 @@ class SqliteSpool:
         self._bytes = int(total)
         self._oldest = float(oldest) if oldest is not None else None
         self._put = self._acked = self._dropped_full = self._dropped_age = 0
+        self._full = FullEpisode(self._dir, self._clock)
+        self._disk_checked, self._disk_budget = 0.0, 0  # when the disk was asked, bytes to write until next
         self._next_age_check = 0.0
         self._closed = False
         if self._count:
             log.info("spool %s: %d frames (%d bytes) waiting from before, replaying in order", path, count, total)
         self._expire_old()
 
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
     def _take_lock(self) -> IO[bytes]:
         """Two processes draining one spool would send every frame twice and race on acks; refuse that."""
         # Held open for the spool's lifetime; the kernel releases the lock when the process dies (kill -9).
-        handle = open(self._dir / "spool.lock", "wb")
+        handle = os.fdopen(open_private_file(self._dir / LOCK_NAME, os.O_WRONLY | os.O_CREAT), "wb")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -172,49 +152,121 @@ class SqliteSpool:
     # -------------------------------------------------------------------------------------------- writing
 
     def put(self, sealed: SealedFrame) -> int:
-        """Store one sealed frame durably (fsynced) and return its record id."""
+        """Store one sealed frame durably (fsynced) and return its record id (-1: dropped, disk full)."""
         message = getattr(sealed, "message", None)
         if not isinstance(message, (bytes, bytearray, memoryview)):
             # Only sealed bytes may touch the disk; a frame object here would be a wiring bug.
             raise TypeError(f"spool.put expects a SealedFrame, got {type(sealed).__name__}")
-        message = bytes(message)
-        size = len(message)
+        row = (bytes(sealed.stream_id), int(sealed.seq), bytes(message))
         with self._lock:
             self._check_open()
             self._expire_old()
-            self._make_room(size)
-            now = self._now()
-            cur = self._db.execute(
-                "INSERT INTO frames (stream, seq, created, size, message) VALUES (?, ?, ?, ?, ?)",
-                (bytes(sealed.stream_id), int(sealed.seq), now, size, message),
-            )
-            record_id = cur.lastrowid
-            assert record_id is not None
-            self._count += 1
-            self._bytes += size
-            if self._oldest is None:
-                self._oldest = now
-            self._put += 1
-            return int(record_id)
+            self._clock.maybe_persist()
+            self._make_room(len(row[2]))
+            try:
+                self._keep_disk_headroom(len(row[2]))
+                record_id = self._insert(row)
+            except sqlite3.OperationalError as exc:
+                if not is_full(exc):
+                    raise
+                record_id = self._insert_when_full(row)
+            self._full.maybe_end()
+            return record_id
+
+    def _insert(self, row: tuple[bytes, int, bytes]) -> int:
+        stream, seq, message = row
+        now = self._clock.now()
+        cur = self._db.execute(
+            "INSERT INTO frames (stream, seq, created, size, clock, message) VALUES (?, ?, ?, ?, ?, ?)",
+            (stream, seq, self._wall(), len(message), now, message),
+        )
+        record_id = cur.lastrowid
+        assert record_id is not None
+        self._count += 1
+        self._bytes += len(message)
+        if self._oldest is None:
+            self._oldest = now
+        self._put += 1
+        return int(record_id)
+
+    def _keep_disk_headroom(self, size: int) -> None:
+        """Drop the oldest records before the disk is full, not after: on a full disk SQLite can neither
+        checkpoint its log nor log the deletes that would make room. Room for a frame is the database's
+        free pages (deletes leave them behind) plus the disk's room beyond what the log needs."""
+        need = size + size // 8 + 8192
+        now = self._clock.now()
+        if self._disk_budget >= need and now < self._disk_checked + 1.0:
+            self._disk_budget -= need  # statvfs costs as much as the insert: ask the disk once a second
+            return
+        spare = disk_spare(self._dir, f"{DB_NAME}-wal", _WAL_PAGES * 4096)
+        self._disk_checked, self._disk_budget = now, (spare - need) // 2 if spare is not None else 1 << 62
+        if spare is None or spare >= need or not self._count:
+            return
+        page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        shortfall = need - max(0, spare) - int(self._db.execute("PRAGMA freelist_count").fetchone()[0]) * page
+        if shortfall > 0:
+            self._full.start("little room left on the disk")
+            self._full.oldest += self._drop_oldest(shortfall)
+
+    def _insert_when_full(self, row: tuple[bytes, int, bytes]) -> int:
+        """SQLITE_FULL: drop the oldest records (more each try) and retry; else drop the new frame."""
+        self._full.start("SQLite: database or disk is full")
+        want = 2 * len(row[2]) + (64 << 10)
+        for attempt in range(_FULL_RETRIES):
+            self._rollback()
+            if not self._count:
+                break
+            try:
+                # Copy the log into the database and cut it to zero: its disk space is what the deletes
+                # (which must be logged too) and the retried insert can use.
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                self._full.oldest += self._drop_oldest(want << attempt)
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                return self._insert(row)
+            except sqlite3.OperationalError as exc:
+                if not is_full(exc):
+                    raise
+        self._rollback()
+        self._dropped_full += 1
+        self._full.new += 1
+        return -1
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     def _make_room(self, size: int) -> None:
         """Drop the oldest records until `size` more bytes fit; a frame larger than the bound is kept alone."""
-        dropped = 0
-        while self._count and self._bytes + size > self._cfg.max_bytes:
-            row = self._db.execute("SELECT id, size FROM frames ORDER BY id LIMIT 1").fetchone()
-            if row is None:
-                break
-            self._db.execute("DELETE FROM frames WHERE id = ?", (row[0],))
-            self._count -= 1
-            self._bytes -= int(row[1])
-            dropped += 1
-        if dropped:
-            self._dropped_full += dropped
-            self._refresh_oldest()
+        excess = self._bytes + size - self._cfg.max_bytes
+        if self._count and excess > 0:
+            dropped = self._drop_oldest(excess)
             log.warning("spool full (max_bytes=%d): dropped the %d oldest frames", self._cfg.max_bytes, dropped)
 
+    def _drop_oldest(self, nbytes: int) -> int:
+        """Delete the oldest records holding at least `nbytes` (at least one), in one transaction; counted."""
+        last_id, freed, count = 0, 0, 0
+        while freed < nbytes:  # batches of fetched rows: no read statement stays open across the delete
+            rows = self._db.execute(
+                "SELECT id, size FROM frames WHERE id > ? ORDER BY id LIMIT 256", (last_id,)
+            ).fetchall()
+            for record_id, size in rows:
+                last_id, freed, count = int(record_id), freed + int(size), count + 1
+                if freed >= nbytes:
+                    break
+            if not rows:
+                break
+        if not count:
+            return 0
+        self._db.execute("DELETE FROM frames WHERE id <= ?", (last_id,))
+        self._count -= count
+        self._bytes -= freed
+        self._dropped_full += count
+        self._refresh_oldest()
+        return count
+
     def _expire_old(self) -> None:
-        now = self._now()
+        now = self._clock.now()
         if now < self._next_age_check or self._oldest is None:
             return
         self._next_age_check = now + _AGE_CHECK_EVERY_S
@@ -222,43 +274,51 @@ class SqliteSpool:
         if self._oldest >= cutoff:
             return
         count, total = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames WHERE created < ?", (cutoff,)
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames WHERE clock < ?", (cutoff,)
         ).fetchone()
-        self._db.execute("DELETE FROM frames WHERE created < ?", (cutoff,))
-        self._count -= int(count)
-        self._bytes -= int(total)
-        self._dropped_age += int(count)
-        self._refresh_oldest()
-        if count:
-            log.warning("spool: dropped %d frames older than max_age_s=%g", count, self._cfg.max_age_s)
+        with contextlib.suppress(sqlite3.OperationalError):  # disk full: expiry waits for the next check
+            self._db.execute("DELETE FROM frames WHERE clock < ?", (cutoff,))
+            self._count -= int(count)
+            self._bytes -= int(total)
+            self._dropped_age += int(count)
+            self._refresh_oldest()
+            if count:
+                log.warning("spool: dropped %d frames older than max_age_s=%g", count, self._cfg.max_age_s)
 
     def _refresh_oldest(self) -> None:
-        row = self._db.execute("SELECT MIN(created) FROM frames").fetchone()
+        row = self._db.execute("SELECT MIN(clock) FROM frames").fetchone()
         self._oldest = float(row[0]) if row and row[0] is not None else None
 
-    # -------------------------------------------------------------------------------------------- reading
+    # --------------------------------------------------------------------------------- reading, deleting
 
     def pending(self, limit: int, exclude: Collection[int] = ()) -> list[SpoolRecord]:
-        """Up to `limit` records, oldest first, skipping ids in `exclude` (those already in flight)."""
+        """Up to `limit` records, oldest first, skipping ids in `exclude` (those already sent)."""
         if limit <= 0:
             return []
+        skip = set(exclude)
         with self._lock:
             self._check_open()
             self._expire_old()
-            # Fetch enough rows to fill `limit` after skipping the excluded ones; exclude is the small
-            # in-flight window, so this stays one short indexed scan.
+            self._clock.maybe_persist()  # the uplink calls this even while no frame comes in
+            # Pick the ids from the narrow columns first (stream, seq come before the message), then read
+            # only the chosen messages: `exclude` may hold a thousand records waiting for the cloud.
             rows = self._db.execute(
-                "SELECT id, seq, message FROM frames ORDER BY id LIMIT ?", (limit + len(exclude),)
+                "SELECT id, stream, seq FROM frames ORDER BY id LIMIT ?", (limit + len(skip),)
             ).fetchall()
-        skip = set(exclude)
-        out = [SpoolRecord(int(r[0]), int(r[1]), bytes(r[2])) for r in rows if r[0] not in skip]
-        return out[:limit]
+            chosen = [r for r in rows if r[0] not in skip][:limit]
+            if not chosen:
+                return []
+            marks = ",".join("?" * len(chosen))
+            messages = dict(
+                self._db.execute(f"SELECT id, message FROM frames WHERE id IN ({marks})", [r[0] for r in chosen])
+            )
+        return [SpoolRecord(int(i), int(seq), bytes(messages[i]), bytes(stream)) for i, stream, seq in chosen]
 
     def ack(self, record_id: int) -> None:
-        """Remove a record the broker acknowledged; unknown ids (already dropped for space) are ignored."""
+        """Remove a confirmed record; unknown ids (already dropped for space) are ignored."""
         with self._lock:
             self._check_open()
-            row = self._db.execute("SELECT size, created FROM frames WHERE id = ?", (record_id,)).fetchone()
+            row = self._db.execute("SELECT size, clock FROM frames WHERE id = ?", (record_id,)).fetchone()
             if row is None:
                 return
             self._db.execute("DELETE FROM frames WHERE id = ?", (record_id,))
@@ -268,9 +328,41 @@ class SqliteSpool:
             if self._oldest is not None and float(row[1]) <= self._oldest:
                 self._refresh_oldest()
 
+    def delete_ranges(self, stream_id: bytes, ranges: Iterable[Range]) -> int:
+        """Remove the records the cloud confirmed, in one transaction; frames not (or no longer) here are
+        ignored. Seqs above SQLite's signed 64-bit range cannot be stored, so they cannot match either."""
+        bounds = [(first, min(last, _MAX_SQLITE_INT)) for first, last in ranges if first <= _MAX_SQLITE_INT]
+        if not bounds:
+            return 0
+        stream = bytes(stream_id)
+        with self._lock:
+            self._check_open()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                count = total = 0
+                for first, last in bounds:
+                    where = "stream = ? AND seq BETWEEN ? AND ?"
+                    n, size = self._db.execute(
+                        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames WHERE {where}", (stream, first, last)
+                    ).fetchone()
+                    if n:
+                        self._db.execute(f"DELETE FROM frames WHERE {where}", (stream, first, last))
+                        count, total = count + int(n), total + int(size)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            self._count -= count
+            self._bytes -= total
+            self._acked += count
+            if count:
+                self._refresh_oldest()
+            self._clock.maybe_persist()
+            return count
+
     def stats(self) -> SpoolStats:
         with self._lock:
-            oldest = 0.0 if self._oldest is None else max(0.0, self._now() - self._oldest)
+            oldest = 0.0 if self._oldest is None else max(0.0, self._clock.now() - self._oldest)
             return SpoolStats(
                 pending=self._count,
                 pending_bytes=self._bytes,
@@ -286,6 +378,7 @@ class SqliteSpool:
             if self._closed:
                 return
             self._closed = True
+            self._clock.persist()
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
@@ -305,4 +398,3 @@ class SqliteSpool:
 @SPOOLS.register("sqlite")
 def _sqlite_spool(cfg: SpoolConfig) -> Spool:
     return SqliteSpool(cfg)
-
