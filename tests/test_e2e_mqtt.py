@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from support.broker import RECEIVER_USER, Broker, mosquitto_broker  # noqa: F401
+from support.broker import RECEIVER_USER, RECEIVER_USER_2, Broker, mosquitto_broker  # noqa: F401
 from support.fleet import Fleet, make_fleet, masked_clip, masker_config
 
 from edge_mask.config import OpenCVCameraConfig, SpoolConfig, UplinkConfig
@@ -110,7 +110,8 @@ def test_300_frames_end_to_end_through_the_receive_command(
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         # The receiver's persistent session must exist before the device publishes: wait for its SUBSCRIBE.
-        assert mosquitto_broker.wait_for_log("cloud-1 1 edge-mask/+/frames/#", 60), mosquitto_broker.log()
+        # The broker names a client by its certificate CN, whatever client id it sent (`cloud-1` here).
+        assert mosquitto_broker.wait_for_log(f"{RECEIVER_USER} 1 edge-mask/+/frames/#", 60), mosquitto_broker.log()
         spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
         uplink = device_uplink(mosquitto_broker, spool)
         uplink.start()
@@ -144,7 +145,7 @@ def test_broker_down_for_10_seconds_loses_nothing(
 ) -> None:
     receiver = Receiver(
         fleet.receiver_config(
-            tmp_path / "received", broker=mosquitto_broker.broker_config(RECEIVER_USER, client_id="cloud-1")
+            tmp_path / "received", broker=mosquitto_broker.broker_config(RECEIVER_USER)
         ),
         retry_max_s=1.0,
     )
@@ -225,7 +226,7 @@ def test_device_killed_with_sigkill_delivers_every_spooled_frame_after_restart(
     _device_config(config, shared_dir, mosquitto_broker, fleet, tmp_path / "spool")
     receiver = Receiver(
         fleet.receiver_config(
-            tmp_path / "received", broker=mosquitto_broker.broker_config(RECEIVER_USER, client_id="cloud-1")
+            tmp_path / "received", broker=mosquitto_broker.broker_config(RECEIVER_USER)
         ),
         retry_max_s=1.0,
     )
@@ -279,18 +280,20 @@ def test_two_receivers_sharing_a_subscription_store_each_frame_once(
     mosquitto_broker: Broker, fleet: Fleet, clip_frames: list[Any], tmp_path: Path  # noqa: F811
 ) -> None:
     frames = clip_frames[:120]
+    # Two identities: the broker makes the certificate CN the client id, so two receivers with one
+    # certificate would take each other's session instead of sharing the load.
     receivers = [
         ReceiverThread(
             Receiver(
                 fleet.receiver_config(
                     tmp_path / f"received-{n}",
                     # MQTT 3.1.1 here (5 elsewhere): shared subscriptions and sessions work on both.
-                    broker=mosquitto_broker.broker_config(RECEIVER_USER, protocol="3.1.1", client_id=f"cloud-{n}"),
+                    broker=mosquitto_broker.broker_config(name, protocol="3.1.1"),
                     share_group="cloud",
                 )
             )
         )
-        for n in (1, 2)
+        for n, name in ((1, RECEIVER_USER), (2, RECEIVER_USER_2))
     ]
     spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
     uplink = device_uplink(mosquitto_broker, spool)

@@ -145,11 +145,13 @@ def test_issued_by_another_ca_is_detected(tmp_path: Path) -> None:
 
 def test_rendered_acl_and_conf() -> None:
     acl = pki.render_acl(["cloud-receiver"])
-    assert "pattern readwrite edge-mask/%u/#" in acl
-    assert "user cloud-receiver\ntopic read edge-mask/#" in acl
+    assert "pattern write edge-mask/%u/frames/#" in acl and "pattern read edge-mask/%u/#" in acl
+    assert "readwrite" not in acl  # a device may not write its ack topic (tests/test_provision.py)
+    assert "user cloud-receiver\ntopic read edge-mask/#\ntopic write edge-mask/+/ack" in acl
     conf = pki.render_mosquitto_conf(port=8883, bind_address="127.0.0.1", cafile=Path("/x/ca.crt"),
                                      certfile=Path("/x/b.crt"), keyfile=Path("/x/b.key"), acl_file=Path("/x/acl"),
                                      persistence_dir=Path("/x/data"))
     for line in ("listener 8883 127.0.0.1", "require_certificate true", "use_identity_as_username true",
+                 "use_username_as_clientid true",
                  "allow_anonymous false", "acl_file /x/acl", "persistence true", "persistence_location /x/data/"):
         assert line in conf.splitlines()

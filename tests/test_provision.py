@@ -7,12 +7,14 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge_mask.cli import main
 from edge_mask.config import EdgeConfig, ReceiverConfig, load_config
@@ -107,8 +109,13 @@ def test_clear_errors(clinic: Path, capsys: pytest.CaptureFixture[str]) -> None:
         ["provision", "device", "cam-02", "--ca", "missing", "--recipient", "cloud/recipient.pub"])
     assert "expected the recipient public key" in error(
         ["provision", "device", "cam-02", "--ca", "ca", "--recipient", "cloud/recipient.key"])
-    assert "reserved for the receiver" in error(
+    assert "reserved for receivers" in error(
         ["provision", "device", "cloud-receiver", "--ca", "ca", "--recipient", "cloud/recipient.pub"])
+    assert "reserved for receivers" in error(
+        ["provision", "device", "cloud-receiver-2", "--ca", "ca", "--recipient", "cloud/recipient.pub"])
+    # one CN, one role: a receiver named like an enrolled device would hand the device a receiver's rights
+    assert "already issued by this CA as a device" in error(
+        ["provision", "recipient", "cloud-2", "--ca", "ca", "--name", "cam-01"])
     # a CA whose key is not ECDSA P-256
     shutil.copytree(clinic / "ca", clinic / "bad-ca")
     shutil.copy(clinic / "cam-01" / "device-signing.key", clinic / "bad-ca" / "ca.key")
@@ -151,7 +158,8 @@ def mosquitto(clinic: Path) -> Iterator[int]:
 
 
 def _client(clinic: Path, port: int, cert: str, key: str, client_id: str,
-            messages: list[tuple[str, bytes]] | None = None) -> tuple[mqtt.Client, object]:
+            messages: list[tuple[str, bytes]] | None = None, *, disconnects: list[object] | None = None,
+            persistent: bool = False) -> tuple[mqtt.Client, object]:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.tls_set(ca_certs=str(clinic / "ca" / "ca.crt"), certfile=str(clinic / cert), keyfile=str(clinic / key))
     result: dict[str, object] = {}
@@ -164,7 +172,13 @@ def _client(clinic: Path, port: int, cert: str, key: str, client_id: str,
     client.on_connect = on_connect
     if messages is not None:
         client.on_message = lambda c, u, m: messages.append((m.topic, m.payload))
-    client.connect("localhost", port, keepalive=10)
+    if disconnects is not None:
+        client.on_disconnect = lambda c, u, flags, rc, props: disconnects.append(rc)
+    props = None
+    if persistent:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+    client.connect("localhost", port, keepalive=10, clean_start=not persistent, properties=props)
     client.loop_start()
     assert done.wait(10), "no CONNACK"
     return client, result["rc"]
@@ -209,3 +223,102 @@ def test_device_signed_by_another_ca_is_refused_by_mosquitto(clinic: Path, mosqu
     finally:
         client.loop_stop()
     assert refused
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def _subscribe(client: mqtt.Client, topic: str) -> object:
+    """Subscribe and return the SUBACK reason code (0x87 when the ACL refuses the filter)."""
+    codes: list[object] = []
+    client.on_subscribe = lambda c, u, mid, rcs, props: codes.extend(rcs)
+    client.subscribe(topic, qos=1)
+    assert _wait_for(lambda: bool(codes)), f"no SUBACK for {topic}"
+    return codes[0]
+
+
+def _stop(*clients: mqtt.Client) -> None:
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+
+
+def _second_device(clinic: Path) -> tuple[str, str]:
+    issued = pki.make_device_cert(pki.load_ca(clinic / "ca"), clinic / "cam-02", "cam-02")
+    return str(issued.cert.relative_to(clinic)), str(issued.key.relative_to(clinic))
+
+
+def test_client_id_is_the_certificate_cn_so_no_device_takes_another_session(clinic: Path, mosquitto: int) -> None:
+    """`use_username_as_clientid`: whatever id a client asks for, Mosquitto names it by its certificate CN."""
+    log_file = clinic / "broker" / "mosquitto.log"
+    cam02_cert, cam02_key = _second_device(clinic)
+    # The receiver holds a persistent session and goes away: the broker queues frames for it.
+    received: list[tuple[str, bytes]] = []
+    rx_drops: list[object] = []
+    receiver, _ = _client(clinic, mosquitto, "cloud/receiver.crt", "cloud/receiver.key", "anything", received,
+                          disconnects=rx_drops, persistent=True)
+    assert not getattr(_subscribe(receiver, "edge-mask/+/frames/#"), "is_failure", True)
+    _stop(receiver)
+    cam02_drops: list[object] = []
+    cam02, _ = _client(clinic, mosquitto, cam02_cert, cam02_key, "cam-02", disconnects=cam02_drops)
+    cam02.publish("edge-mask/cam-02/frames/main/1", b"queued", qos=1).wait_for_publish(10)
+    # cam-01 asks for the receiver's id (to drain its queue) and then for cam-02's (to kick it off).
+    stolen: list[tuple[str, bytes]] = []
+    thief, _ = _client(clinic, mosquitto, "cam-01/device.crt", "cam-01/device.key", "cloud-receiver", stolen,
+                       persistent=True)
+    _subscribe(thief, "edge-mask/+/frames/#")  # Mosquitto grants a wildcard and filters each message by ACL
+    thief2, _ = _client(clinic, mosquitto, "cam-01/device.crt", "cam-01/device.key", "cam-02")
+    time.sleep(0.5)
+    assert stolen == [] and cam02_drops == [] and cam02.is_connected()
+    # The receiver comes back to its own session: the queued frame is there, and it keeps receiving.
+    receiver, _ = _client(clinic, mosquitto, "cloud/receiver.crt", "cloud/receiver.key", "cloud-receiver", received,
+                          disconnects=rx_drops, persistent=True)
+    assert _wait_for(lambda: len(received) == 1), received
+    thief3, _ = _client(clinic, mosquitto, "cam-01/device.crt", "cam-01/device.key", "cloud-receiver")
+    cam02.publish("edge-mask/cam-02/frames/main/2", b"live", qos=1).wait_for_publish(10)
+    assert _wait_for(lambda: len(received) == 2), received
+    time.sleep(0.3)
+    assert [p for _, p in received] == [b"queued", b"live"]
+    assert len(rx_drops) == 1, rx_drops  # only our own disconnect above; no takeover of the live session
+    assert cam02_drops == [] and stolen == []
+    broker_log = log_file.read_text()
+    assert broker_log.count(" as cloud-receiver (") == 2, broker_log  # our two connections, no third
+    assert broker_log.count(" as cam-01 (") == 3, broker_log  # every cam-01 connection named by its CN
+    assert "Client cloud-receiver already connected" not in broker_log
+    assert "Client cam-02 already connected" not in broker_log
+    _stop(receiver, cam02, thief, thief2, thief3)
+
+
+def test_only_the_receiver_may_write_ack_topics(clinic: Path, mosquitto: int) -> None:
+    """A device cannot forge an ack (its own or another's); the receiver's ack reaches that device only."""
+    cam02_cert, cam02_key = _second_device(clinic)
+    at_receiver: list[tuple[str, bytes]] = []
+    at_cam01: list[tuple[str, bytes]] = []
+    at_cam02: list[tuple[str, bytes]] = []
+    receiver, _ = _client(clinic, mosquitto, "cloud/receiver.crt", "cloud/receiver.key", "rx", at_receiver)
+    assert not getattr(_subscribe(receiver, "edge-mask/+/ack"), "is_failure", True)
+    cam01, _ = _client(clinic, mosquitto, "cam-01/device.crt", "cam-01/device.key", "cam-01", at_cam01)
+    assert not getattr(_subscribe(cam01, "edge-mask/cam-01/ack"), "is_failure", True)
+    cam02, _ = _client(clinic, mosquitto, cam02_cert, cam02_key, "cam-02", at_cam02)
+    assert not getattr(_subscribe(cam02, "edge-mask/cam-02/#"), "is_failure", True)
+    # Mosquitto 2.0 grants these subscriptions and applies the read ACL to each message it would deliver.
+    _subscribe(cam02, "edge-mask/cam-01/ack")
+    _subscribe(cam02, "edge-mask/+/ack")
+    pubacks: list[object] = []
+    cam02.on_publish = lambda c, u, mid, rc, props: pubacks.append(rc)
+    for topic in ("edge-mask/cam-02/ack", "edge-mask/cam-01/ack"):  # its own ack, then another device's
+        cam02.publish(topic, b'{"v":1}', qos=1).wait_for_publish(10)
+    cam01.publish("edge-mask/cam-01/status", b"online", qos=1).wait_for_publish(10)  # a device's own topics
+    cam01.publish("edge-mask/cam-01/stats", b"{}", qos=1).wait_for_publish(10)
+    receiver.publish("edge-mask/cam-01/ack", b"stored", qos=1).wait_for_publish(10)
+    assert _wait_for(lambda: len(at_cam01) == 1 and len(at_receiver) == 1), (at_cam01, at_receiver)
+    time.sleep(0.5)  # let anything forged or misrouted arrive before counting
+    assert at_cam01 == [("edge-mask/cam-01/ack", b"stored")]
+    assert at_receiver == [("edge-mask/cam-01/ack", b"stored")]  # nothing cam-02 wrote got through
+    assert at_cam02 == []  # cam-02 sees neither its own forged ack nor cam-01's real one
+    assert [getattr(rc, "value", rc) for rc in pubacks] == [0x87, 0x87]  # MQTT 5: not authorized
+    _stop(receiver, cam01, cam02)

@@ -31,7 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from support.broker import RECEIVER_USER, Broker, free_port, mosquitto_broker  # noqa: F401
+from support.broker import RECEIVER_USER, RECEIVER_USER_2, Broker, free_port, mosquitto_broker  # noqa: F401
 from support.fleet import Fleet, make_fleet
 
 from edge_mask.capture import VideoReader, read_image
@@ -170,7 +170,7 @@ class TopicWatcher:
     """Collects the stats and status messages of dev1 as the receiver user."""
 
     def __init__(self, cfg: Any) -> None:
-        """`cfg`: the receiver's BrokerConfig (issuing a second certificate for the same name would race)."""
+        """`cfg`: a receiver identity other than the receiver's (the broker forces client id = CN)."""
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -237,7 +237,7 @@ def test_clip_as_camera_through_tls_broker_to_receiver(
     stop_receiver = threading.Event()
     receiver_thread = threading.Thread(target=receiver.run, args=(stop_receiver,), daemon=True)
     receiver_thread.start()
-    watcher = TopicWatcher(cloud_broker)
+    watcher = TopicWatcher(mosquitto_broker.broker_config(RECEIVER_USER_2))  # own CN: ids are forced to the CN
     try:
         assert receiver.connected.wait(15)
         service = Service(cfg, notifier=notifier_for(notify_socket))

@@ -30,6 +30,8 @@ RECIPIENT_KEY = "recipient.key"
 RECIPIENT_PUB = "recipient.pub"
 SIGNING_KEY = "device-signing.key"
 DEVICES_DIR = "devices"
+NAMES_FILE = "names.json"
+"""In the CA folder: every CN this CA issued to a device or a receiver, so one name never gets both roles."""
 
 
 @dataclass
@@ -70,6 +72,27 @@ def provision_ca(directory: Path, name: str = "edge-mask clinic CA", days: int =
 # ------------------------------------------------------------------------------------ recipient / receiver
 
 
+def claim_name(ca_dir: Path, name: str, role: str) -> None:
+    """Record that this CA issues `name` as `role`; refuse a name already issued in the other role.
+
+    Why: the broker's ACL grants by certificate CN, and a device whose CN were a receiver's name would get
+    the receiver's rights (read every device's frames, write every device's acks).
+    """
+    path = Path(ca_dir) / NAMES_FILE
+    try:
+        names = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); restore it from the CA's backup") from None
+    if not isinstance(names, dict):
+        raise UserError(f"{path}: not a JSON object of name -> role; restore it from the CA's backup")
+    taken = names.get(name)
+    if taken is not None and taken != role:
+        raise UserError(f"name {name!r} was already issued by this CA as a {taken}; choose another name for the {role}")
+    if taken is None:
+        names[name] = role
+        pki.write_file(path, (json.dumps(names, indent=1, sort_keys=True) + "\n").encode(), force=True)
+
+
 def provision_recipient(
     directory: Path,
     ca_dir: Path | None = None,
@@ -99,6 +122,7 @@ def provision_recipient(
         bundle.notes.append("no --ca given: receiver certificate and receiver.toml not written")
         return bundle
     ca = pki.load_ca(ca_dir)
+    claim_name(Path(ca_dir), receiver_name, "receiver")
     issued = pki.make_client_cert(ca, directory, receiver_name, "receiver", force=force)
     ca_copy = _copy_public(ca.cert_path, directory / pki.CA_CERT, force)
     devices = directory / DEVICES_DIR
@@ -166,9 +190,10 @@ def provision_device(
         raise UserError(
             f"device name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
-    if name == RECEIVER_NAME:
-        raise UserError(f"device name {name!r} is reserved for the receiver's identity; choose another name")
+    if name == RECEIVER_NAME or name.startswith(RECEIVER_NAME + "-"):
+        raise UserError(f"device name {name!r} is reserved for receivers' identities; choose another name")
     ca = pki.load_ca(ca_dir)  # fails first, before anything is written
+    claim_name(Path(ca_dir), name, "device")
     recipient = seal.load_recipient_public_key(Path(recipient_pub))
     out = pki.private_dir(Path(out_dir) if out_dir is not None else Path(name))
     conf = out / "config.toml"

@@ -12,8 +12,8 @@ saves its persistence database, which the broker-restart tests rely on) with SIG
 example); `Mosquitto.plain(dir)` writes an anonymous plain-TCP config and `Mosquitto.tls(dir, ...)` the
 production mutual-TLS config (`edge_mask.provision.pki.render_mosquitto_conf`) with an ACL file. Every
 config is checked before start: each listener must bind a loopback address and none may use port 1883.
-The object is a context manager (start on enter, stop on exit); `start()` and `stop()` may also be called
-by hand, any number of times, to simulate an outage on the same port.
+The object is a context manager (start on enter, stop on exit); `start()`, `stop()` and `kill()` (SIGKILL,
+a crash) may also be called by hand, any number of times, to simulate an outage on the same port.
 """
 
 from __future__ import annotations
@@ -225,6 +225,20 @@ class Mosquitto:
                 log.warning("mosquitto: pid %d ignored SIGTERM; killing it", proc.pid)
                 proc.kill()
                 proc.wait(timeout=10)
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or power cut would: nothing queued since the last autosave is written.
+
+        For fault-injection tests (a broker is a relay, not the store: see `edge_mask.provision.broker_conf`).
+        No-op when stopped; `start()` afterwards restarts on the same port from the last saved database.
+        """
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None

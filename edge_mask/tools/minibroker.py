@@ -7,9 +7,10 @@ QoS 0/1 (QoS 2 accepted, delivered at QoS 1), SUBSCRIBE/UNSUBSCRIBE with `+`/`#`
 (round-robin), retained messages, will messages, persistent sessions (in memory), PINGREQ, DISCONNECT.
 It is not for production: use Mosquitto (see provisioning/README.md).
 
-ACL (same as `pki.render_acl`): a client may write and read only under `<root>/<its CN>/`; the `readers`
-identities may read everything under `<root>/`. Sizes are bounded and malformed input closes only the
-offending connection.
+ACL (same as `pki.render_acl`): a client may write only its `<root>/<its CN>/frames[/...]`, `status` and
+`stats`, and read under `<root>/<its CN>/`; the `readers` identities may read everything under `<root>/`
+and write the devices' `<root>/+/ack`. Unlike the Mosquitto config, the client id is not forced to the CN.
+Sizes are bounded and malformed input closes only the offending connection.
 """
 
 from __future__ import annotations
@@ -318,10 +319,17 @@ class MiniBroker:
     # ------------------------------------------------------------------------------------ routing, ACL
 
     def may_write(self, user: str, topic: str) -> bool:
-        return topic.startswith(f"{self.root}/{user}/") or topic == f"{self.root}/{user}"
+        """As `render_acl`: a device its frames, status and stats; a reader (receiver) the devices' acks."""
+        levels = topic.split("/")
+        if user in self.readers and len(levels) == 3 and levels[0] == self.root and levels[2] == "ack":
+            return True
+        own = levels[:2] == [self.root, user]
+        return own and len(levels) > 2 and (levels[2] == "frames" or (len(levels) == 3 and levels[2] in
+                                                                      ("status", "stats")))
 
     def may_read(self, user: str, topic: str) -> bool:
-        return self.may_write(user, topic) or (user in self.readers and topic.startswith(f"{self.root}/"))
+        own = topic.startswith(f"{self.root}/{user}/")
+        return own or (user in self.readers and topic.startswith(f"{self.root}/"))
 
     def may_subscribe(self, user: str, flt: str) -> bool:
         """A filter is allowed when every topic it can match is readable (checked on its fixed prefix)."""

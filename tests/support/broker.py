@@ -9,8 +9,14 @@ imitate. Each broker gets an ephemeral loopback port (never 1883), its own CA an
 persistence on (so a stopped and restarted broker keeps the receivers' sessions), and a log
 file that is attached to failing assertions through `Broker.log()`.
 
+The broker forces client id = certificate CN (`use_username_as_clientid`): a client made with
+`broker_config(name)` is known to the broker, and named in its log, as `name`, whatever `client_id` it
+sends; so a test waits for a subscription as `wait_for_log(f"{name} 1 {filter}")`, and two receivers that
+share a subscription need two names, both listed in `receivers` (the ACL's receiver identities).
+
 Use the `mosquitto_broker` fixture (import it into a test module), or `Broker(tmp_dir)` as a context
-manager for custom setups. `stop()` / `start()` keep the port for outage tests. The process itself (loopback
+manager for custom setups. `stop()` / `start()` keep the port for outage tests; `kill()` is SIGKILL (a
+crash: what was queued since the last autosave is gone). The process itself (loopback
 listener, wait until it listens, SIGTERM on stop) and `free_port` are the product's one launcher,
 `edge_mask.tools.broker`, which the demo and the benchmarks use too.
 """
@@ -28,15 +34,24 @@ from edge_mask.provision import pki
 from edge_mask.provision.enroll import mosquitto_path
 from edge_mask.tools.broker import LOOPBACK, Mosquitto, free_port
 
-__all__ = ["RECEIVER_USER", "Broker", "free_port", "mosquitto_broker"]
+__all__ = ["RECEIVER_USER", "RECEIVER_USER_2", "Broker", "free_port", "mosquitto_broker"]
 
 RECEIVER_USER = "cloud-receiver"
+RECEIVER_USER_2 = "cloud-receiver-2"
+"""A second receiver identity (shared-subscription tests): each receiver needs its own certificate CN."""
 
 
 class Broker:
     """One Mosquitto process with its files under `directory`."""
 
-    def __init__(self, directory: Path, receivers: Sequence[str] = (RECEIVER_USER,)) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        receivers: Sequence[str] = (RECEIVER_USER, RECEIVER_USER_2),
+        log_types: Sequence[str] = ("subscribe",),
+    ) -> None:
+        """`log_types`: extra Mosquitto `log_type` lines (`subscribe` to wait for a subscriber in the log;
+        `debug` also logs every packet, e.g. `Sending PUBLISH to <client id>`, for fault-injection timing)."""
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = LOOPBACK
@@ -55,7 +70,7 @@ class Broker:
             keyfile=self.server_key,
             acl_file=self.acl_path,
             persistence=True,
-            extra="log_type subscribe\n",
+            extra="".join(f"log_type {kind}\n" for kind in log_types),
         )
         self.port = self._mosquitto.port
         self.conf_path = self._mosquitto.conf
@@ -75,6 +90,7 @@ class Broker:
         return TLSConfig(ca=self.ca.cert_path, cert=issued.cert, key=issued.key)
 
     def broker_config(self, name: str, protocol: str = "5", client_id: str | None = None) -> BrokerConfig:
+        """Settings for a client with certificate CN `name`; the broker replaces `client_id` by `name`."""
         return BrokerConfig.model_validate(
             {
                 "host": self.host,
@@ -97,17 +113,22 @@ class Broker:
         """SIGTERM (mosquitto saves its persistence database), then SIGKILL if it hangs."""
         self._mosquitto.stop()
 
+    def kill(self) -> None:
+        """SIGKILL: a crash; whatever the broker queued since its last autosave is lost."""
+        self._mosquitto.kill()
+
     @property
     def running(self) -> bool:
         return self._mosquitto.running
 
-    def wait_for_log(self, text: str, timeout: float = 30.0) -> bool:
-        """Wait until the broker logged `text` (e.g. a subscription: `<client id> 1 <filter>`)."""
+    def wait_for_log(self, text: str, timeout: float = 30.0, count: int = 1) -> bool:
+        """Wait until the broker logged `text` at least `count` times (e.g. a subscription:
+        `<client id> 1 <filter>`; a client that subscribes again after a restart logs it once more)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.log():
+            if self.log().count(text) >= count:
                 return True
-            time.sleep(0.05)
+            time.sleep(0.02)
         return False
 
     def log(self) -> str:
