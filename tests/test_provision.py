@@ -287,7 +287,9 @@ def test_client_id_is_the_certificate_cn_so_no_device_takes_another_session(clin
     assert cam02_drops == [] and stolen == []
     broker_log = log_file.read_text()
     assert broker_log.count(" as cloud-receiver (") == 2, broker_log  # our two connections, no third
-    assert broker_log.count(" as cam-01 (") == 3, broker_log  # every cam-01 connection named by its CN
+    # every cam-01 connection is named by its CN (3 or more: each takes over the last cam-01 session, and
+    # paho's loop reconnects a client that was taken over)
+    assert broker_log.count(" as cam-01 (") >= 3, broker_log
     assert "Client cloud-receiver already connected" not in broker_log
     assert "Client cam-02 already connected" not in broker_log
     _stop(receiver, cam02, thief, thief2, thief3)
