@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", type=Path, help="config.toml to take detector/tracker/mask settings from")
     parser.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    parser.set_defaults(func=run)
+    # exit_fast: once run() returns every output is committed and closed (see cli.exit_now)
+    parser.set_defaults(func=run, exit_fast=True)
 
 
 BATCH_MAX_FACES = 2000
@@ -41,8 +43,8 @@ def batch_config(config: Path | None, style: str | None, threshold: float | None
     Only the sections the masker reads are validated (detector, models, tracker, mask): a batch user has no
     device id, and a device's config file works too (its camera, seal and uplink sections are not used).
     Failed frames are always written fully masked in a batch run (never dropped) so outputs keep their length,
-    frames wider than the detection width are also scanned in full-resolution tiles (small faces), and the
-    detection deadline is 10 s instead of the live 250 ms.
+    frames wider than the detection width are also scanned in full-resolution tiles (small faces), the
+    detection deadline is 10 s instead of the live 250 ms, and no int8 parity watch runs.
     """
     cfg = load_config(config, MaskerConfig, only_used=True) if config is not None else MaskerConfig()
     data = cfg.model_dump()
@@ -55,14 +57,23 @@ def batch_config(config: Path | None, style: str | None, threshold: float | None
         data["detector"]["tiles"] = True  # small faces in large photos: a batch run has the time for tiles
         # a crowd photo has more than 200 detections at 0.25: the live cap would drop the weakest faces
         data["detector"]["max_faces"] = max(int(data["detector"].get("max_faces", 0)), BATCH_MAX_FACES)
+        # No int8 parity watch (a second model on some frames): that proves int8 on the device's own camera
+        # frames in the live service; a batch run keeps the device's last verdict (fp32 until int8 is proven).
+        data["detector"]["parity_every"] = 0
     # No frame rate to keep: a busy machine must not black out a photo; a hung detector still fails closed.
     data["detector"]["deadline_ms"] = max(float(data["detector"].get("deadline_ms", 0.0)), BATCH_DEADLINE_MS)
     return validate_config(data, MaskerConfig, source="command line")
 
 
+BLAS_THREADS = "1"
+"""edge-mask calls no BLAS routine, but numpy's and OpenCV's OpenBLAS each start a thread pool whose threads
+spin for about 0.1 s of CPU at start-up: on a 2-core device that is CPU taken from decoding and detection."""
+
+
 def run(args: argparse.Namespace) -> int:
-    from edge_mask.mask import build_masker
-    from edge_mask.service import forbid_core_dumps, run_batch
+    if "numpy" not in sys.modules:  # read when OpenBLAS loads, with numpy or cv2; too late afterwards
+        os.environ["OPENBLAS_NUM_THREADS"] = BLAS_THREADS
+    from edge_mask.service import build_batch_masker, forbid_core_dumps, run_batch
 
     forbid_core_dumps()  # the unmasked photos and frames are in memory: a core file would hold faces
     cfg = batch_config(args.config, args.style, args.threshold)
@@ -73,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
             bar.clear()
         print(f"edge-mask: error: {line}", file=sys.stderr)
 
-    masker = build_masker(cfg)
+    masker, lookahead = build_batch_masker(cfg)
     try:
-        summary = run_batch(args.inputs, args.output, masker, progress=bar, report=report)
+        summary = run_batch(args.inputs, args.output, masker, progress=bar, report=report, lookahead=lookahead)
     finally:
         if bar is not None:
             bar.clear()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -29,7 +28,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--config", required=True, type=Path, help="device config (TOML)")
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
-    parser.set_defaults(func=run)
+    # exit_fast (cli.exit_now): native libraries (onnxruntime, OpenCV) may still own threads whose
+    # destructors ran into std::terminate (SIGABRT, exit -6) at interpreter teardown after a clean SIGTERM
+    # stop; by then everything that matters is durable (the service closed the spool, said goodbye).
+    parser.set_defaults(func=run, exit_fast=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,13 +61,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        sys.stdout.flush()
-    # Leave without the interpreter's teardown: native libraries (onnxruntime, OpenCV) may still own threads
-    # whose destructors ran into std::terminate (SIGABRT, exit -6) after a clean SIGTERM stop. Everything
-    # that matters is durable by now: the service closed the spool and said goodbye to the broker.
-    logging.shutdown()
-    sys.stderr.flush()
-    os._exit(code)
+    return code
 
 
 def check_files(cfg: Any) -> None:

@@ -4,7 +4,8 @@ Why the same masker as the live service: a batch run is how people check what th
 uses the same detector, the same tracker (video frames are fed in order with their video timestamps, so the
 hold time is in video seconds) and the same fail-closed rules. Only `on_failure` differs: a batch output
 keeps every frame (a failed frame is written fully masked, never dropped) so its length and frame rate
-match the input.
+match the input. Videos run as a pipeline of threads (decode, detection ahead on several workers, the
+masker in frame order, encode; batch_video.py) that writes the same pixels as one frame at a time.
 
 A bad input (missing, unreadable, corrupt, unsupported) is reported as one line naming the file and
 counted; the other files are still processed, and the caller exits non-zero at the end.
@@ -21,8 +22,9 @@ from typing import Any
 
 from edge_mask.capture import MediaError, VideoReader, kind_of, read_image
 from edge_mask.core.errors import UserError
-from edge_mask.core.types import RawFrame
+from edge_mask.core.types import MaskedFrame, RawFrame
 from edge_mask.mask import Masker
+from edge_mask.service.batch_video import LookaheadDetector, mask_video
 from edge_mask.service.outputs import VideoWriter, expand_inputs, output_path, write_image
 
 log = logging.getLogger(__name__)
@@ -82,8 +84,14 @@ def run_batch(
     masker: Masker,
     progress: Progress | None = None,
     report: Report | None = None,
+    lookahead: LookaheadDetector | None = None,
 ) -> BatchSummary:
-    """Mask every input into `outdir` (created if needed). Never raises for a bad input file."""
+    """Mask every input into `outdir` (created if needed). Never raises for a bad input file.
+
+    `lookahead` is the masker's detector when it was built by `build_batch_masker`: video frames are then
+    detected ahead on its workers (batch_video.py); without it videos are still decoded and encoded on
+    their own threads, and detected one frame at a time.
+    """
     summary = BatchSummary()
     started = time.perf_counter()
     files, problems = expand_inputs(inputs)
@@ -108,7 +116,7 @@ def run_batch(
             if result.kind == "image":
                 _mask_image(path, target, masker, result)
             else:
-                _mask_video(path, target, masker, result, progress)
+                _mask_video(path, target, masker, result, progress, lookahead)
         except MediaError as exc:
             result.error = exc.message
             _problem(summary, report, exc.message)
@@ -155,29 +163,30 @@ def _mask_image(path: Path, target: Path, masker: Masker, result: FileResult) ->
     result.fail_closed = int(masked.fail_closed)
 
 
-def _mask_video(path: Path, target: Path, masker: Masker, result: FileResult, progress: Progress | None) -> None:
+def _mask_video(
+    path: Path, target: Path, masker: Masker, result: FileResult, progress: Progress | None,
+    lookahead: LookaheadDetector | None,
+) -> None:
     with VideoReader(path) as reader:
         info = reader.info
         result.width, result.height, result.fps = info.width, info.height, info.fps
         masker.reset()
-        masker.warm_up(info.width, info.height)
+        if lookahead is None:
+            masker.warm_up(info.width, info.height)
+        # With workers there is no warm-up inference: the first frames pay the first inference's allocations
+        # themselves, well inside the batch deadline (10 s), and a batch run needs no blank-frame inferences.
         writer = VideoWriter(target, info.width, info.height, info.fps)
+
+        def counted(masked: MaskedFrame) -> None:
+            result.frames += 1
+            result.faces += masked.faces
+            result.fail_closed += int(masked.fail_closed)
+            if progress is not None:
+                progress(path.name, result.frames, info.frames)
+
         committed = False
         try:
-            wall = time.time()
-            for index, image in enumerate(reader):
-                # Video time, not processing time, drives the tracker's hold and growth.
-                stamp = index / info.fps
-                masked = masker.process(RawFrame(image, seq=index, captured_at=wall + stamp, monotonic=stamp))
-                if masked is None:
-                    raise MediaError(f"{path}: frame {index} failed and the config drops failed frames; "
-                                     "use mask.on_failure = 'mask_frame' for batch runs")
-                writer.write(masked.image)
-                result.frames += 1
-                result.faces += masked.faces
-                result.fail_closed += int(masked.fail_closed)
-                if progress is not None:
-                    progress(path.name, result.frames, info.frames)
+            mask_video(path, reader, writer, masker, lookahead, counted)
             writer.commit()
             committed = True
         finally:

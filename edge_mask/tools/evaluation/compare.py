@@ -4,7 +4,8 @@ Why whole processes, timed from outside: that is what a user compares when they 
 (start-up, decode, detection, masking and encoding all count), and it needs no cooperation from deface.
 Both run pinned to the same CPU set with `taskset` when it exists (else with equal thread variables only),
 with default settings, alternating which goes first in each round so caches and thermal state do not
-favour one side. The ratio is ours/deface per round; min/median/max over the rounds is reported.
+favour one side. The ratio is ours/deface per round (frames/s on wall time), and the CPU ratio deface's
+CPU seconds over ours (all threads, user + system); min/median/max over the rounds is reported.
 """
 
 from __future__ import annotations
@@ -24,8 +25,16 @@ from edge_mask.capture import VideoReader
 from edge_mask.core.errors import UserError
 from edge_mask.tools.evaluation.metrics import ratio_stats
 
+try:
+    import resource
+except ImportError:  # not on Windows: CPU ratios are then reported as 0
+    resource = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
+DEFACE_ARGS = ("--backend", "opencv")
+"""deface's fastest backend: its default (`auto`) takes onnxruntime whenever that is importable, as it is
+beside edge-mask, and onnxruntime is the slower of the two for deface on CPUs; the ratio is against its best."""
 DEFACE_HINT = "install it with `pip install --no-deps deface==1.5.0 imageio imageio-ffmpeg tqdm scikit-image`"
 
 
@@ -61,14 +70,24 @@ def pinning(cores: int) -> tuple[list[str], dict[str, str]]:
     return prefix, env
 
 
-def _timed(command: Sequence[str], env: dict[str, str], what: str) -> float:
+def _children_cpu() -> float:
+    """User + system CPU seconds of every finished child process so far (0 where the OS does not say)."""
+    if resource is None:
+        return 0.0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def _timed(command: Sequence[str], env: dict[str, str], what: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one whole process: start-up, every thread, exit."""
+    cpu = _children_cpu()
     start = time.perf_counter()
     done = subprocess.run(list(command), env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise UserError(f"{what} failed with exit code {done.returncode}: {tail[0]}")
-    return elapsed
+    return elapsed, _children_cpu() - cpu
 
 
 def run_compare(
@@ -96,34 +115,48 @@ def run_compare(
         for number in range(rounds):
             ours_cmd = [*prefix, *edge_mask_command(), "-q", "mask", str(clip), "-o", str(out / "ours"),
                         "--no-progress", *mask_args]
-            theirs_cmd = [*prefix, *deface, str(clip), "-o", str(out / f"deface{clip.suffix or '.mp4'}")]
+            theirs_cmd = [*prefix, *deface, str(clip), "-o", str(out / f"deface{clip.suffix or '.mp4'}"),
+                          *DEFACE_ARGS]
             order = [("ours", ours_cmd), ("deface", theirs_cmd)]
             if number % 2:
                 order.reverse()
-            times = {name: _timed(cmd, env, "edge-mask mask" if name == "ours" else "deface") for name, cmd in order}
+            timed = {name: _timed(cmd, env, "edge-mask mask" if name == "ours" else "deface") for name, cmd in order}
+            times = {name: wall for name, (wall, _) in timed.items()}
             row = {"ours_fps": frames / times["ours"], "deface_fps": frames / times["deface"],
-                   "ours_s": times["ours"], "deface_s": times["deface"]}
+                   "ours_s": times["ours"], "deface_s": times["deface"],
+                   "ours_cpu_s": timed["ours"][1], "deface_cpu_s": timed["deface"][1]}
             row["ratio"] = row["ours_fps"] / row["deface_fps"]
+            # CPU ratio: deface's CPU seconds per frame over ours (same frames), 0 where CPU time is unknown
+            row["cpu_ratio"] = row["deface_cpu_s"] / row["ours_cpu_s"] if row["ours_cpu_s"] > 0 else 0.0
             rows.append(row)
-            log.info("round %d: edge-mask %.1f fps, deface %.1f fps, ratio %.1fx", number + 1, row["ours_fps"],
-                     row["deface_fps"], row["ratio"])
+            log.info("round %d: edge-mask %.1f fps, deface %.1f fps, ratio %.1fx (CPU %.1fx)", number + 1,
+                     row["ours_fps"], row["deface_fps"], row["ratio"], row["cpu_ratio"])
     return {
         "clip": str(clip),
         "frames": frames,
         "rounds": rows,
         "cores": cores,
         "pinned": bool(prefix),
-        "deface_version": _deface_version(),
+        "deface_version": _deface_version(deface),
+        "deface_args": list(DEFACE_ARGS),
         "ratio": ratio_stats([row["ratio"] for row in rows]),
+        "cpu_ratio": ratio_stats([row["cpu_ratio"] for row in rows]),
         "ours_fps": ratio_stats([row["ours_fps"] for row in rows]),
         "deface_fps": ratio_stats([row["deface_fps"] for row in rows]),
     }
 
 
-def _deface_version() -> str:
+def _deface_version(deface: Sequence[str]) -> str:
+    """deface's version from this environment's metadata, else from the CLI (it may live in its own venv)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("deface")
     except PackageNotFoundError:
+        pass
+    try:
+        done = subprocess.run([*deface, "--version"], capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
         return "unknown"
+    lines = done.stdout.strip().splitlines()
+    return lines[-1].strip() if done.returncode == 0 and lines else "unknown"

@@ -228,7 +228,8 @@ def _speed(results: dict[str, Any], figures: dict[str, str]) -> list[str]:
             out += [f"![per-stage throughput]({figures[f'bench{index}']})", ""]
     compare = results.get("compare")
     if compare:
-        out += [f"`edge-mask bench compare`: `deface` {compare['deface_version']} (CLI defaults) and `edge-mask "
+        out += [f"`edge-mask bench compare`: `deface` {compare['deface_version']} "
+                f"({' '.join(compare.get('deface_args', [])) or 'CLI defaults'}) and `edge-mask "
                 f"mask` (defaults) on `{Path(compare['clip']).name}` ({compare['frames']} frames), whole processes "
                 f"timed back to back, {compare['cores']} cores"
                 f"{' pinned with taskset' if compare['pinned'] else ''}, order alternating per round.", ""]
