@@ -17,6 +17,7 @@ real deployment). Target on a Raspberry Pi 4 class device: >= 60 frames/s of 640
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import subprocess
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -60,13 +61,13 @@ def bench_message(stream_id: bytes, seq: int, payload: bytes) -> bytes:
     return stream_id + seq.to_bytes(8, "big") + payload
 
 
-def frame_key(message: bytes) -> tuple[bytes, int]:
-    """(stream id, seq) of a sealed frame (from its header) or of a `bench_message`."""
+def frame_key(message: bytes) -> tuple[bytes, int, float | None]:
+    """(stream id, seq, capture time) of a sealed frame (from its header) or of a `bench_message` (no time)."""
     try:
         header, _ = FrameHeader.unpack(message)
-        return header.stream_id, header.seq
+        return header.stream_id, header.seq, header.captured_at
     except MessageError:
-        return message[:16], int.from_bytes(message[16:24], "big")
+        return message[:16], int.from_bytes(message[16:24], "big"), None
 
 
 class CloudAcker:
@@ -89,6 +90,8 @@ class CloudAcker:
         self.mode: AckMode = mode
         self.reason = reason
         self.received: dict[tuple[bytes, int], int] = defaultdict(int)
+        # (arrival, capture) wall times of sealed frames: capture -> through the broker, for `bench --live`
+        self.arrivals: deque[tuple[float, float]] = deque(maxlen=200_000)
         self.acks_sent = 0
         self._broker = broker
         self._interval = interval_s
@@ -128,7 +131,10 @@ class CloudAcker:
             return
         if message is None:
             return
-        key = frame_key(message)
+        stream, seq, captured = frame_key(message)
+        key = (stream, seq)
+        if captured is not None:
+            self.arrivals.append((time.time(), captured))
         topic = ack_topic(msg.topic)
         with self._lock:
             self.received[key] += 1
@@ -166,6 +172,7 @@ def acker_main(argv: list[str]) -> None:
     print("ready", flush=True)
     sys.stdin.read()
     acker.stop()
+    print(json.dumps(list(acker.arrivals)), flush=True)
 
 
 class AckerProcess:
@@ -184,16 +191,21 @@ class AckerProcess:
             self.stop()
             raise UserError("uplink benchmark: the stand-in cloud did not subscribe to the broker")
 
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.stdin is not None:
-            self._process.stdin.close()
+    def stop(self) -> list[tuple[float, float]]:
+        """Stop the child; the (arrival, capture) wall times of the sealed frames it saw."""
+        process, self._process = self._process, None
+        if process is None:
+            return []
         try:
-            self._process.wait(10)
+            out, _ = process.communicate("", timeout=10)
         except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(5)
+            process.kill()
+            process.wait(5)
+            return []
+        try:
+            return [(float(a), float(c)) for a, c in json.loads(out.splitlines()[-1])]
+        except (IndexError, ValueError, TypeError):
+            return []
 
 
 def bench_jpeg(width: int = 640, height: int = 480, quality: int = 80, video: Path | None = None) -> bytes:
