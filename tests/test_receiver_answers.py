@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fleet import Fleet, make_fleet, masked_clip, masker_config
+from support.fleet import FakeClock, Fleet, make_fleet, masked_clip, masker_config
 
 from edge_mask.receiver.receiver import Receiver
 from edge_mask.seal import Ack, Refusal, parse_ack, to_ranges
@@ -24,14 +24,6 @@ from edge_mask.seal.wire import split_message
 TOPIC = "edge-mask/dev1/frames"
 ACK_TOPIC = "edge-mask/dev1/ack"
 REPO = Path(__file__).resolve().parents[1]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fleet import Fleet, make_fleet, masked_clip, masker_config
+from support.fleet import FakeClock, Fleet, make_fleet, masked_clip, masker_config
 
 from edge_mask.core.errors import MessageError
 from edge_mask.receiver.dedupe import Dedupe
@@ -27,14 +27,6 @@ from edge_mask.seal.wire import Reassembler, split_message
 
 TOPIC = "edge-mask/dev1/frames"
 FLOOD_TOPIC = "edge-mask/dev2/frames"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture(scope="module")

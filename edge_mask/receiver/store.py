@@ -38,6 +38,7 @@ from typing import Any
 
 from edge_mask.core.errors import UserError
 from edge_mask.receiver.dedupe import Dedupe, StreamKey, StreamStats
+from edge_mask.seal import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class FrameStore:
         try:
             for key, batch in lines.items():
                 directory = self.directory(key)
-                _fsync_dir(directory / "frames")
+                fsync_dir(directory / "frames")
                 with open(directory / "index.jsonl", "a", encoding="utf-8") as fh:
                     fh.write("".join(line + "\n" for line in batch))
                     fh.flush()
@@ -259,15 +260,7 @@ def _make_dirs(directory: Path, root: Path) -> None:
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):
             d.mkdir()
-        _fsync_dir(d.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(d.parent)
 
 
 def _read_index(path: Path) -> Iterator[tuple[int, bytes]]:

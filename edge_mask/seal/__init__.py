@@ -10,6 +10,7 @@ from edge_mask.seal.acks import Ack, Refusal, ack_topic, parse_ack, to_ranges
 from edge_mask.seal.encode import ENCODERS, Encoder, create_encoder
 from edge_mask.seal.keys import (
     Enrollment,
+    fsync_dir,
     generate_recipient,
     generate_signing_key,
     load_device_registry,
@@ -34,6 +35,7 @@ __all__ = [
     "Sealer",
     "ack_topic",
     "create_encoder",
+    "fsync_dir",
     "generate_recipient",
     "generate_signing_key",
     "load_device_registry",

@@ -121,7 +121,7 @@ def write_secret(path: str | Path, data: bytes, force: bool = False) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -142,7 +142,7 @@ def write_public(path: str | Path, data: bytes, force: bool = False) -> Path:
         os.fsync(handle.fileno())
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -157,7 +157,8 @@ def _make_dirs(directory: Path, mode: int) -> None:
         os.chmod(d, mode)  # mkdir's mode is masked by the umask
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new entry in `directory` durable (the key writer's and the receiver's store's)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

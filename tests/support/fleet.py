@@ -113,3 +113,13 @@ def masked_clip(cfg: EdgeConfig, frames: int, step: int = 1) -> Iterator[tuple[A
     finally:
         reader.close()
         masker.close()
+
+
+class FakeClock:
+    """A clock the test moves by hand (`clock.t += 5`), for timeouts, rate limits and expiry."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
