@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from edge_mask.config import ModelsConfig, OnnxDetectorConfig
+from edge_mask.detect.agreement import REQUIRED_AGREEMENT
 from edge_mask.detect.precision import auto_candidates, timing
 from edge_mask.detect.shadow import ParityWatch, resume
 from edge_mask.detect.verdict import load_verdict, setup_key
@@ -55,5 +56,7 @@ def parity_summary(settings: OnnxDetectorConfig, models: ModelsConfig) -> str:
     figures = (f"{v.fp32_faces} faces compared, {100 * v.found_share:.1f}% found, "
                f"{100 * v.confirmed_share:.1f}% confirmed, {v.decided_at}")
     if v.state == "fp32-slower":
-        return f"fp32 runs: int8 agrees on this device ({figures}) but fp32 is faster ({times})"
+        agrees = v.found_share >= REQUIRED_AGREEMENT and v.confirmed_share >= REQUIRED_AGREEMENT
+        return (f"fp32 runs: int8 {'agrees' if agrees else 'does NOT agree'} on this device ({figures}) "
+                f"but fp32 is faster ({times})")
     return f"int8 runs: proven on this device ({figures}) and faster ({times}){off}"

@@ -9,7 +9,8 @@ rule (IoU >= 0.5, score margin; `agreement.py`) at the product's threshold. Once
 model found >= 99% of the other's, int8 takes over if it is also the faster here (`precision.timing`);
 fp32 then shadows it at the same low rate, and if the agreement over the last `parity_faces` faces drops
 below 99% the watch falls back to fp32 (one warning, the stats say so) and int8 must prove itself again
-over twice the faces. If int8 agrees but fp32 is faster, fp32 keeps masking and the shadow stops.
+over twice the faces. If fp32 is the faster here, the shadow stops once enough faces were compared,
+whether int8 agreed or not (int8 would not run anyway); the figures stay in the verdict for `doctor`.
 
 Fail-closed: masking only ever uses the active model's detections; the shadow's output feeds the comparison
 and nothing else, and a shadow that fails is counted and skipped. The shadow runs inline on the detector
@@ -219,12 +220,19 @@ class ParityWatch:
         v = self._verdict
         required = self.settings.required
         if v.state in ("proving", "fp32-fallback"):
-            proven = (v.fp32_faces >= self.needed_faces() and v.frames_with_faces >= self.settings.frames
-                      and v.found_share >= required and v.confirmed_share >= required)
-            if not proven:
-                return
+            enough = v.fp32_faces >= self.needed_faces() and v.frames_with_faces >= self.settings.frames
+            agrees = v.found_share >= required and v.confirmed_share >= required
             figures = (f"{v.fp32_faces} fp32 faces over {v.frames_with_faces} frames with faces: "
                        f"{100 * v.found_share:.2f}% found by int8, {100 * v.confirmed_share:.2f}% of int8's confirmed")
+            if enough and not agrees and self.speed.chosen != "int8":
+                # int8 would not run here even if it agreed: no reason to keep paying for the shadow
+                log.info("parity watch: int8 does not agree on this device (%s) and fp32 is faster (fp32 %s ms, "
+                         "int8 %s ms); fp32 keeps masking and the shadow stops", figures, self.speed.fp32_ms,
+                         self.speed.int8_ms)
+                self._set_state("fp32-slower")
+                return
+            if not (enough and agrees):
+                return
             if self.speed.chosen == "int8":
                 log.info("parity watch: int8 proven on this device (%s) and faster (int8 %s ms, fp32 %s ms); "
                          "int8 masks from now on, fp32 shadows", figures, self.speed.int8_ms, self.speed.fp32_ms)

@@ -36,8 +36,8 @@ PARITY_FILE = "precision-parity.json"
 STATES = ("proving", "int8", "fp32-fallback", "fp32-slower")
 """proving: fp32 masks, int8 shadows until enough faces agree. int8: int8 masks (proven and faster), fp32
 shadows. fp32-fallback: int8 was in use and the rolling agreement dropped; fp32 masks and int8 must prove
-itself again over twice the faces. fp32-slower: int8 agrees, but fp32 is faster here, so fp32 masks and
-nothing shadows."""
+itself again over twice the faces. fp32-slower: fp32 is faster here, so int8 would not run even if it
+agreed; once enough faces were compared (agreeing or not) fp32 masks and nothing shadows."""
 
 
 def cpu_name() -> str:
