@@ -188,6 +188,10 @@ class Mosquitto:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, timeout_s: float = 10.0) -> None:
         """Start Mosquitto and return once it accepts TCP connections; no-op when already running."""
         if self.running:
