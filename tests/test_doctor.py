@@ -116,16 +116,7 @@ def test_a_crashing_check_becomes_a_fail_line(shared_dir: Path, tmp_path: Path) 
 
 
 def _write_expired_cert(path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev1")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=30)).not_valid_after(now - dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _cert(path, path.with_name(path.name + ".key"), days_before=30, days_after=-1)
 
 
 def test_broker_down_is_a_fail_line(
