@@ -70,3 +70,24 @@ def test_no_face_left_visible_in_the_new_photos(name: str, shared_data: Path, mo
     assert len(faces) >= (60 if name == "team-crowd.jpg" else 2)
     assert int(leaks.sum()) == 0
     assert min(coverage) >= 0.8
+
+
+def test_more_faces_than_max_faces_fail_the_frame_closed(shared_data: Path, model_cache: ModelsConfig) -> None:
+    """A crowd beyond `detector.max_faces` is not masked in part (its weakest faces would leak): the whole
+    frame is masked and counted as `too_many_faces`. The crowd photo has well over 40 faces."""
+    from edge_mask.core.types import RawFrame
+    from edge_mask.mask import build_masker
+
+    cfg = validate_config({"device_id": "photos", "models": model_cache.model_dump(mode="json"),
+                           "detector": {"precision": "fp32", "tiles": True, "max_faces": 40,
+                                        "deadline_ms": 10_000}}, EdgeConfig)
+    masker = build_masker(cfg)
+    try:
+        image = read_image(shared_data / "photos" / "team-crowd.jpg")
+        out = masker.process(RawFrame(image=image.copy(), seq=0, captured_at=0.0, monotonic=0.0))
+        stats = masker.stats()
+    finally:
+        masker.close()
+    assert out is not None and out.fail_closed
+    assert np.all(out.image == 0), "every pixel replaced by the fail-closed fill"
+    assert stats["fail_closed_too_many_faces"] == 1 and stats["fail_closed"] == 1

@@ -103,6 +103,7 @@ class OnnxDetectorConfig(Section):
     threads: Annotated[int, Field(ge=0, le=64)] = 2
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     max_faces: PositiveInt = 200
+    """More faces than this in one frame fail the frame closed (`too_many_faces`), never a partial mask."""
     tiles: bool = False
     """Also detect on full-resolution tiles of frames wider than `detect_width` (small faces in large
     frames; several inferences per frame). `edge-mask mask` turns it on; the live service leaves it off."""

@@ -24,7 +24,7 @@ from edge_mask.detect.agreement import (
     margin_at,
     matched,
 )
-from edge_mask.detect.base import DETECTORS, Detector, create_detector
+from edge_mask.detect.base import DETECTORS, Detector, TooManyFaces, create_detector
 from edge_mask.detect.models import ModelEntry, cache_path, check_cached, fetch, load_manifest
 from edge_mask.detect.precision import Timing, auto_candidates, resolve_model, timing
 from edge_mask.detect.report import detector_stats, parity_summary
@@ -48,6 +48,7 @@ __all__ = [
     "ParityVerdict",
     "ParityWatch",
     "Timing",
+    "TooManyFaces",
     "WatchSettings",
     "agreement",
     "auto_candidates",

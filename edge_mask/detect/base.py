@@ -17,6 +17,25 @@ class Detector(Protocol):
     def close(self) -> None: ...
 
 
+class TooManyFaces(Exception):
+    """More faces survived duplicate suppression than `detector.max_faces`.
+
+    Why an error and not the strongest `max_faces`: the faces left out would be painted over by nobody, so
+    a crowd beyond the cap would leak its weakest (smallest, farthest) faces. The masker treats it like any
+    detector failure: the frame fails closed (fully masked or dropped) and is counted as `too_many_faces`.
+    """
+
+    def __init__(self, found: int, max_faces: int) -> None:
+        super().__init__(f"more than {max_faces} faces (detector.max_faces) in one frame: {found}+")
+        self.max_faces = max_faces
+
+
+def check_face_count(count: int, max_faces: int) -> None:
+    """Raise TooManyFaces when `count` (after suppression, searched up to max_faces + 1) exceeds the cap."""
+    if count > max_faces:
+        raise TooManyFaces(count, max_faces)
+
+
 DETECTORS: Registry[Detector] = Registry("detector")
 
 

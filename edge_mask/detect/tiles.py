@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_mask.core.boxes import nms
 from edge_mask.core.types import Detections, Image
-from edge_mask.detect.base import Detector
+from edge_mask.detect.base import Detector, check_face_count
 
 OVERLAP = 0.25
 
@@ -58,7 +58,8 @@ class TiledDetector:
         landmarks = np.concatenate([p.landmarks for p in parts])
         if len(scores) == 0:
             return whole
-        keep = nms(boxes, scores, self.nms_iou, self.max_faces)
+        keep = nms(boxes, scores, self.nms_iou, self.max_faces + 1)
+        check_face_count(len(keep), self.max_faces)
         return Detections(boxes[keep], scores[keep], landmarks[keep])
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from edge_mask.config import ModelsConfig, OnnxDetectorConfig, OpenCVYuNetDetect
 from edge_mask.core.boxes import nms
 from edge_mask.core.errors import ModelError
 from edge_mask.core.types import Detections, FloatArray, Image
-from edge_mask.detect.base import DETECTORS, Detector
+from edge_mask.detect.base import DETECTORS, Detector, check_face_count
 from edge_mask.detect.runtime import fixed_input_size, open_session
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,8 @@ def postprocess(
     boxes, scores, kps = decode(outputs, box.width, box.height, threshold)
     if len(scores) == 0:
         return Detections.empty()
-    keep = nms(boxes, scores, nms_iou, max_faces)
+    keep = nms(boxes, scores, nms_iou, max_faces + 1)
+    check_face_count(len(keep), max_faces)
     boxes, scores, kps = boxes[keep] / box.scale, scores[keep], kps[keep] / box.scale
     limit = np.array([frame_width, frame_height, frame_width, frame_height], np.float32)
     boxes = np.clip(boxes, 0.0, limit)
@@ -255,7 +256,8 @@ class OpenCVYuNet:
         _, faces = self._net.detect(small)
         if faces is None or len(faces) == 0:
             return Detections.empty()
-        faces = np.asarray(faces, np.float32)[: self._max_faces]
+        check_face_count(len(faces), self._max_faces)
+        faces = np.asarray(faces, np.float32)
         xy, wh = faces[:, 0:2], np.maximum(faces[:, 2:4], 0.0)
         limit = np.array([width, height, width, height], np.float32)
         boxes: FloatArray = np.clip(np.concatenate([xy, xy + wh], axis=1) / box.scale, 0.0, limit).astype(np.float32)

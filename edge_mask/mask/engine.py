@@ -5,9 +5,10 @@ timeout reaches. Running it on its own thread lets `process` wait with a timeout
 previous call is still running (a hang), new frames are not queued behind it: they fail closed at once as
 `detector_busy`, so the pipeline keeps its frame rate and never waits on a stuck detector.
 
-Fail-closed means: whatever goes wrong (detector error, deadline missed, detector busy, a bug in tracking
-or painting) the frame comes back fully masked (`mask.on_failure = "mask_frame"`) or not at all
-(`"drop"`), and the reason is counted. There is no path that returns the raw pixels.
+Fail-closed means: whatever goes wrong (detector error, deadline missed, detector busy, more faces than
+`detector.max_faces`, a bug in tracking or painting) the frame comes back fully masked
+(`mask.on_failure = "mask_frame"`) or not at all (`"drop"`), and the reason is counted. There is no path
+that returns the raw pixels.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ import numpy as np
 from edge_mask.config import MaskConfig, MaskerConfig, TrackerConfig
 from edge_mask.core.stats import percentile
 from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
-from edge_mask.detect import Detector, create_detector
+from edge_mask.detect import Detector, TooManyFaces, create_detector
 from edge_mask.mask.base import MASKERS, Masker, build_masker
 from edge_mask.mask.paint import Painter, mask_faces, mask_whole_frame
 from edge_mask.mask.track import Tracker
 
 log = logging.getLogger(__name__)
 
-FAIL_REASONS = ("detector_error", "detector_timeout", "detector_busy", "mask_error")
+FAIL_REASONS = ("detector_error", "detector_timeout", "detector_busy", "too_many_faces", "mask_error")
 STAGES = ("detect", "track", "mask")
 SAMPLES = 4096
 """Latency samples kept per stage (a sliding window) for percentiles in stats and the benchmark."""
@@ -134,6 +135,9 @@ class FaceMasker:
                         frame.seq, self.deadline_s * 1000)
             return self._fail(frame, "detector_timeout")
         detected = time.perf_counter()
+        if isinstance(call.error, TooManyFaces):
+            log.warning("frame %d: %s; frame fails closed (raise detector.max_faces for crowds)", frame.seq, call.error)
+            return self._fail(frame, "too_many_faces")
         if call.error is not None or not isinstance(call.result, Detections):
             what = repr(call.error) if call.error is not None else f"returned {type(call.result).__name__}"
             log.warning("frame %d: detector failed (%s); frame fails closed", frame.seq, what)
