@@ -116,6 +116,8 @@ class Receiver:
         self._staged_since = 0.0
         self.group_commit = False  # set by the MQTT session: commit staged frames in batches (commit_if_due)
         self._limited_logged: dict[str, float] = {}
+        self._rejects_logged: dict[str, float] = {}  # reason -> when its last line was logged
+        self._rejects_quiet: Counter[str] = Counter()  # reason -> rejects since that line
         self.storage_failure: str | None = None  # set by a failed save; the session reconnects and clears it
         self.counts: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -149,7 +151,7 @@ class Receiver:
                 self.rejected[exc.reason] += 1
                 if isinstance(exc, _Refused):
                     self._refuse(topic, exc.refusal, mono)
-                log.warning("receiver: rejected message on %s: %s", topic, exc)
+                self._log_rejected(topic, exc, mono)
                 outcome = exc.reason
             except Exception:  # a bug must not stop the receiver; it is counted and logged with its traceback
                 self.rejected["internal_error"] += 1
@@ -268,6 +270,18 @@ class Receiver:
         device, answer_topic = topic_device(topic), ack_topic(topic)
         if device is not None and answer_topic is not None:
             self._answers.refuse(device, answer_topic, refusal, mono)
+
+    def _log_rejected(self, topic: str, exc: MessageError, mono: float) -> None:
+        """One line per reject reason every 10 s: a flood of bad messages must not flood the log (the
+        counters in the summary carry every one)."""
+        last = self._rejects_logged.get(exc.reason)
+        if last is not None and mono - last < 10:
+            self._rejects_quiet[exc.reason] += 1
+            return
+        quiet = self._rejects_quiet.pop(exc.reason, 0)
+        more = f" (and {quiet} more {exc.reason} since the last such line)" if quiet else ""
+        log.warning("receiver: rejected message on %s: %s%s", topic, exc, more)
+        self._rejects_logged[exc.reason] = mono
 
     def _log_limited(self, device: str, mono: float) -> None:
         last = self._limited_logged.get(device)
