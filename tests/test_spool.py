@@ -293,14 +293,14 @@ def test_disk_full_drops_the_oldest_once_per_episode_and_keeps_the_newest(
 def test_spool_files_are_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
     import stat
 
-    from edge_mask.uplink.spool_db import write_private_atomic
+    from edge_mask.seal import write_secret
 
     old = os.umask(umask)
     try:
         path = tmp_path / "state" / "edge-mask" / "spool"
         spool = open_spool(SpoolConfig(path=path))
         spool.put(sealed(1))
-        write_private_atomic(path / "cloud-status.json", b"{}")
+        write_secret(path / "cloud-status.json", b"{}", force=True)  # how the uplink writes cloud-status.json
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()}
         dirs = [stat.S_IMODE(p.stat().st_mode) for p in (path, path.parent, path.parent.parent)]
         spool.close()

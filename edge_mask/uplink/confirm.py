@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_mask.seal import Refusal
+from edge_mask.seal import Refusal, write_secret
 from edge_mask.uplink.base import Range, SpoolRecord
-from edge_mask.uplink.spool_db import write_private_atomic
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +213,7 @@ class CloudVerdict:
         body = {"refused": self.refusal, "detail": self.detail, "since": _iso(self.since),
                 "last_confirmed_at": _iso(self.last_confirmed_at)}
         try:
-            write_private_atomic(self.path, json.dumps(body).encode())
+            write_secret(self.path, json.dumps(body).encode(), force=True)  # temp 0600, fsync, rename
         except OSError as exc:
             log.warning("uplink: cannot write %s (%s)", self.path, exc.strerror)
 

@@ -182,22 +182,6 @@ def open_private_file(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int:
     return fd
 
 
-def write_private_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically (temp file 0600 + fsync + rename): a reader never sees half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = open_private_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def spool_in_use(directory: Path) -> bool:
     """True while a process holds the spool in `directory` (the running service flocks its lock file).
 
