@@ -3,8 +3,8 @@
 What it measures is the device half after sealing: `Spool.put` (fsynced SQLite commit) in the producer
 thread, and the uplink thread publishing with its in-flight window. With `confirm = "cloud"` (the
 default) a frame counts when the cloud's Ack deleted it from the spool; `CloudAcker` answers in place of
-the receiver, the way the receiver does (batched every 50 ms or 256 frames), without its storage cost,
-in a process of its own (`AckerProcess`), as the receiver is.
+the receiver with the receiver's own batching (`receiver.answers.Answers`: every 50 ms or 256 frames),
+without its storage cost, in a process of its own (`AckerProcess`), as the receiver is.
 With `confirm = "broker"` a frame counts on PUBACK; the acker still subscribes (silently), since a PUBACK
 "no matching subscribers" is not a delivery. Frames/s = frames / (first put .. last deletion). The payload
 is a real-sized 640x480 JPEG (a video frame when one is given, else a textured test image), since the
@@ -34,7 +34,8 @@ import paho.mqtt.client as mqtt
 
 from edge_mask.config import BrokerConfig, SpoolConfig, UplinkConfig
 from edge_mask.core.errors import MessageError, UserError
-from edge_mask.seal import Ack, Reassembler, Refusal, ack_topic, to_ranges
+from edge_mask.receiver.answers import Answers
+from edge_mask.seal import Reassembler, Refusal, ack_topic
 from edge_mask.seal.wire import FrameHeader
 from edge_mask.tools.broker import Mosquitto
 from edge_mask.uplink.mqtt import connect, make_client
@@ -44,7 +45,6 @@ from edge_mask.uplink.spool import open_spool
 log = logging.getLogger(__name__)
 
 AckMode = Literal["store", "refuse", "silent"]
-_FLUSH_AT = 256
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ class CloudAcker:
         self._interval = interval_s
         self._topic = topic
         self._lock = threading.Lock()
-        self._waiting: dict[str, dict[bytes, list[int]]] = {}
+        # the receiver's own batching; every frame refused (no rate limit), so tests see each refusal
+        self._answers = Answers(interval_s, refusal_every_s=0.0)
         self._reassembler: Reassembler[int] = Reassembler(
             max_pending_bytes=256 << 20, timeout_s=60, max_message_bytes=64 << 20
         )
@@ -136,15 +137,17 @@ class CloudAcker:
         if captured is not None:
             self.arrivals.append((time.time(), captured))
         topic = ack_topic(msg.topic)
+        now = time.monotonic()
         with self._lock:
             self.received[key] += 1
             if self.mode == "silent" or topic is None:
                 return
-            streams = self._waiting.setdefault(topic, {})
-            streams.setdefault(key[0], []).append(key[1])
-            full = sum(len(v) for v in streams.values()) >= _FLUSH_AT
-        if full:
-            self._flush()
+            if self.mode == "refuse":
+                refusal = Refusal(self.reason, "cloud acker refuses", stream.hex(), ((seq, seq),))
+                self._answers.refuse(topic, topic, refusal, now)
+            else:
+                self._answers.stored(topic, stream.hex(), seq, now)
+        self._flush()  # a full or refusing batch goes out at once, as the receiver's does
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -152,17 +155,10 @@ class CloudAcker:
 
     def _flush(self) -> None:
         with self._lock:
-            waiting, self._waiting = self._waiting, {}
-            mode, reason = self.mode, self.reason
-        for topic, streams in waiting.items():
-            if mode == "refuse":
-                ack = Ack(refused=tuple(Refusal(reason, "cloud acker refuses", stream.hex(), tuple(to_ranges(seqs)))
-                                        for stream, seqs in streams.items()))
-            else:
-                ack = Ack(stored={stream.hex(): tuple(to_ranges(seqs)) for stream, seqs in streams.items()})
+            due = self._answers.due(time.monotonic())
+            self.acks_sent += len(due)
+        for topic, ack in due:
             self._client.publish(topic, ack.pack(), qos=1)
-            with self._lock:
-                self.acks_sent += 1
 
 
 def acker_main(argv: list[str]) -> None:
