@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_mask.core.types import RawFrame
+from edge_mask.uplink import ids_in_ranges
 
 if TYPE_CHECKING:
     from edge_mask.seal import SealedFrame
@@ -112,14 +113,8 @@ class TimedSpool:
         spans = list(ranges)
         deleted = self.inner.delete_ranges(stream_id, spans)
         if deleted:
-            ids: list[int] = []
             with self._lock:
-                for first, last in spans:  # look up each seq of a short range, scan only for a long one
-                    if last - first < len(self._ids):
-                        found = (self._ids.get((stream_id, seq)) for seq in range(first, last + 1))
-                        ids += [rid for rid in found if rid is not None]
-                    else:
-                        ids += [rid for (s, seq), rid in self._ids.items() if s == stream_id and first <= seq <= last]
+                ids = ids_in_ranges(self._ids, stream_id, spans)
             self._done(ids)
         return deleted
 

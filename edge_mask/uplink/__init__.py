@@ -12,7 +12,7 @@ Add a transport: a class with the `Uplink` protocol's methods, registered in `UP
 
 from edge_mask.uplink import mqtt_uplink as _mqtt_uplink  # noqa: F401  (registers the mqtt transport)
 from edge_mask.uplink.base import UPLINKS, Uplink, create_uplink
-from edge_mask.uplink.confirm import CloudStatus, fix_for, read_cloud_status
+from edge_mask.uplink.confirm import CloudStatus, fix_for, ids_in_ranges, read_cloud_status
 from edge_mask.uplink.mqtt import (
     NO_MATCHING_SUBSCRIBERS,
     check_tls_files,
@@ -40,6 +40,7 @@ __all__ = [
     "connect",
     "create_uplink",
     "fix_for",
+    "ids_in_ranges",
     "make_client",
     "not_delivered",
     "open_connection",

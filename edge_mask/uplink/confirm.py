@@ -20,7 +20,7 @@ import heapq
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,19 @@ class _Sent:
     key: tuple[bytes, int]
     attempt: int
     deadline: float | None = None  # None while in flight to the broker
+
+
+def ids_in_ranges(index: Mapping[tuple[bytes, int], int], stream: bytes, ranges: Iterable[Range]) -> list[int]:
+    """The record ids that `index` ((stream, seq) -> id) holds for `stream` within the inclusive ranges: each
+    seq of a range shorter than the index is looked up, a longer range scans the index once."""
+    matched: list[int] = []
+    for first, last in ranges:
+        if last - first < len(index):
+            found = (index.get((stream, seq)) for seq in range(first, last + 1))
+            matched += [rid for rid in found if rid is not None]
+        else:
+            matched += [rid for (s, seq), rid in index.items() if s == stream and first <= seq <= last]
+    return matched
 
 
 class Outstanding:
@@ -122,13 +135,7 @@ class Outstanding:
 
     def confirmed(self, stream: bytes, ranges: Iterable[Range]) -> int:
         """Drop what the cloud confirmed; how many of the records in here it named."""
-        matched: list[int] = []
-        for first, last in ranges:
-            if last - first < len(self._sent):
-                found = (self._by_key.get((stream, seq)) for seq in range(first, last + 1))
-                matched += [rid for rid in found if rid is not None]
-            else:
-                matched += [rid for (s, seq), rid in self._by_key.items() if s == stream and first <= seq <= last]
+        matched = ids_in_ranges(self._by_key, stream, ranges)
         for rid in matched:
             self.forget(rid)
             self._attempts.pop(rid, None)
