@@ -333,8 +333,12 @@ def test_thousands_of_mutated_messages_are_all_rejected(keys: Keys, sealed: list
 
     def mutate(data: bytes) -> bytes:
         buf = bytearray(data)
-        kind = rng.randrange(6)
-        if kind == 0:
+        kind = rng.randrange(7)
+        if kind == 6 and len(buf) > 4:
+            # the format version byte (after the 4-byte magic): random bit flips reach it only by chance, so
+            # whether "unsupported_version" came up depended on the run's keys and message sizes
+            buf[4] = (buf[4] + rng.randint(1, 255)) % 256
+        elif kind == 0:
             for _ in range(rng.randint(1, 8)):
                 buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
         elif kind == 1:
