@@ -211,7 +211,8 @@ def dlib_faces(shared_data: Path) -> tuple[Path, dict[str, np.ndarray]]:
 def test_detector_finds_the_annotated_faces(model: str, precision: str, model_cache: ModelsConfig,
                                             dlib_faces: tuple[Path, dict[str, np.ndarray]]) -> None:
     folder, faces = dlib_faces
-    settings = OnnxDetectorConfig(model=model, precision=precision, threshold=0.3)  # type: ignore[arg-type]
+    # weak_threshold = threshold: the detector alone, without the tracker's weak-detection path
+    settings = OnnxDetectorConfig(model=model, precision=precision, threshold=0.3, weak_threshold=0.3)  # type: ignore[arg-type]
     detector = create_detector(settings, model_cache)
     best, found = recall(detector, folder, faces)
     detector.close()
@@ -224,7 +225,7 @@ def test_detector_finds_the_annotated_faces(model: str, precision: str, model_ca
 def test_detections_are_valid_and_downscaling_maps_back(model_cache: ModelsConfig, shared_data: Path) -> None:
     image = read_image(shared_data / "faces-dlib" / "2008_002506.jpg")
     big = cv2.resize(image, None, fx=3.0, fy=3.0, interpolation=cv2.INTER_CUBIC)  # 1500x1125
-    settings = OnnxDetectorConfig(model="yunet-fp32-dynamic", precision="fp32", detect_width=500)
+    settings = OnnxDetectorConfig(model="yunet-fp32-dynamic", precision="fp32", detect_width=500, weak_threshold=0.25)
     detector = create_detector(settings, model_cache)
     small, large = detector.detect(image), detector.detect(big)
     assert len(small) == 3 and len(large) == 3
@@ -239,8 +240,9 @@ def test_detections_are_valid_and_downscaling_maps_back(model_cache: ModelsConfi
 
 def test_opencv_backend_agrees_with_onnx(model_cache: ModelsConfig, shared_data: Path) -> None:
     image = read_image(shared_data / "faces-dlib" / "2008_002470.jpg")
-    onnx = create_detector(OnnxDetectorConfig(model="yunet-fp32", precision="fp32"), model_cache)
-    ocv = create_detector(OpenCVYuNetDetectorConfig(model="yunet-fp32"), model_cache)
+    # weak_threshold = threshold: the detectors alone, without the tracker's weak-detection path
+    onnx = create_detector(OnnxDetectorConfig(model="yunet-fp32", precision="fp32", weak_threshold=0.25), model_cache)
+    ocv = create_detector(OpenCVYuNetDetectorConfig(model="yunet-fp32", weak_threshold=0.25), model_cache)
     a, b = onnx.detect(image), ocv.detect(image)
     assert len(a) == len(b) == 6
     ious = iou_matrix(a.boxes, b.boxes)
@@ -259,3 +261,4 @@ def test_bad_provider_is_a_user_error(model_cache: ModelsConfig) -> None:
         pytest.skip("CUDA is available here")
     with pytest.raises(UserError, match=r"CUDAExecutionProvider not available.*available:.*CPUExecutionProvider"):
         create_detector(settings, model_cache)
+

@@ -9,9 +9,11 @@ needs; the judge checks every STEP-th frame to keep the suite lean. Figures are 
 REPO/.cache/reports/leaks.json.
 
 The detector threshold for masking is the product default (0.25), below YuNet's usual 0.5: at 0.5 the judge finds two
-faces YuNet scores low, a face cut by the right frame edge in asl/bird.mkv (YuNet 0.22-0.36) and a face in
-a dark corner of short_hamilton_clip.mp4 (0.12-0.22 at the leaking frames, detected now and then above
-0.25, which the tracker then holds). Missing a face is a breach; masking a hand by mistake is not.
+faces YuNet scores low, a face cut by the right frame edge in asl/bird.mkv (YuNet 0.2-0.36) and a face in
+a dark corner of short_hamilton_clip.mp4 (0.03-0.2 before the low-light lift, 0.23-0.48 with it, flickering
+around the threshold). The tracker keeps them masked by its weak-detection path (`mask/track.py`). Those
+two clips are judged with fp32 as well (what `precision = "auto"` runs on x86 until int8 is proven): the
+models' scores differ most exactly there.
 
 The deadline is raised for these runs: a fail-closed frame is fully masked and would pass trivially, so a
 deadline missed because the shared test machine is busy must not stand in for real masking. The deadline
@@ -52,6 +54,7 @@ CLIPS = sorted(
     [p.relative_to(SHARED / "data" / "video").as_posix() for p in (SHARED / "data" / "video").glob("*.mp4")]
     + [p.relative_to(SHARED / "data" / "video").as_posix() for p in (SHARED / "data" / "video").glob("asl/*.mkv")]
 )
+RUNS = [(clip, "int8") for clip in CLIPS] + [(clip, "fp32") for clip in CLIPS if clip in STEP_BY_CLIP]
 REPORT: dict[str, Any] = {}
 
 
@@ -62,8 +65,8 @@ def judge() -> Iterator[CenterFaceJudge]:
     judge.close()
 
 
-def masker_config(models: ModelsConfig, deadline_ms: float = DEADLINE_MS) -> EdgeConfig:
-    detector = OnnxDetectorConfig(model="yunet-int8", precision="int8", threshold=MASK_THRESHOLD,
+def masker_config(models: ModelsConfig, deadline_ms: float = DEADLINE_MS, precision: str = "int8") -> EdgeConfig:
+    detector = OnnxDetectorConfig(model="yunet-int8", precision=precision, threshold=MASK_THRESHOLD,
                                   deadline_ms=deadline_ms)
     return EdgeConfig(device_id="leak-test", models=models, detector=detector)
 
@@ -76,11 +79,11 @@ def write_report(repo_root: Path) -> Path:
 
 
 @pytest.mark.skipif(not CLIPS, reason=f"no clips under {SHARED / 'data' / 'video'}")
-@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize(("clip", "precision"), RUNS)
 def test_judge_finds_no_face_in_masked_frames(
-    clip: str, shared_data: Path, model_cache: ModelsConfig, judge: CenterFaceJudge, repo_root: Path
+    clip: str, precision: str, shared_data: Path, model_cache: ModelsConfig, judge: CenterFaceJudge, repo_root: Path
 ) -> None:
-    masker = build_masker(masker_config(model_cache))
+    masker = build_masker(masker_config(model_cache, precision=precision))
     checked = judged_faces = leaks = 0
     leak_frames: list[int] = []
     step = STEP_BY_CLIP.get(clip, STEP)
@@ -103,7 +106,8 @@ def test_judge_finds_no_face_in_masked_frames(
         stats = masker.stats()
     finally:
         masker.close()
-    REPORT[clip] = {"frames": int(stats["frames"]), "frames_checked": checked, "judge_faces": judged_faces,
+    REPORT[f"{clip} ({precision})"] = {
+                    "frames": int(stats["frames"]), "frames_checked": checked, "judge_faces": judged_faces,
                     "leaks": leaks, "leak_frames": leak_frames, "faces_masked": int(stats["faces_masked"]),
                     "fail_closed": int(stats["fail_closed"])}
     target = write_report(repo_root)

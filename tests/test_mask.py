@@ -7,6 +7,7 @@ import pytest
 
 from edge_mask.config import MaskConfig
 from edge_mask.core.types import RawFrame
+from edge_mask.mask.geometry import FULL_TURN, YAW_REACH, head_shape
 from edge_mask.mask.paint import EXTRA_UP, Painter, head_regions, mask_faces, mask_whole_frame, region_mask
 
 H, W = 240, 320
@@ -115,3 +116,82 @@ def test_whole_frame_mask_hides_every_pixel() -> None:
     assert out.fail_closed and out.faces == 0
     assert out.regions.tolist() == [[0, 0, W, H]]
     assert out.landmarks.shape == (0, 5, 2)
+
+
+# ------------------------------------------------------------------------------ shape from the landmarks
+
+
+def frontal_points(box: np.ndarray, roll_deg: float = 0.0, turn: float = 0.0) -> np.ndarray:
+    """YuNet-ordered points (right eye, left eye, nose, mouth corners) for a face in `box`, rolled about the
+    box centre by `roll_deg` and with the nose moved `turn` eye distances along the eye line."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+    eye = 0.4 * w
+    local = np.array([[-eye / 2, -0.15 * h], [eye / 2, -0.15 * h], [turn * eye, 0.05 * h],
+                      [-0.3 * w, 0.25 * h], [0.3 * w, 0.25 * h]], np.float32)
+    t = np.radians(roll_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]], np.float32)
+    return (local @ rot.T + np.array([cx, cy], np.float32)).reshape(1, 5, 2)
+
+
+def test_a_frontal_upright_face_gets_the_upright_ellipse() -> None:
+    plain = region_mask(FACE, W, H, MaskConfig().padding)
+    shaped = region_mask(FACE, W, H, MaskConfig().padding, landmarks=frontal_points(FACE[0]))
+    assert (plain != shaped).mean() < 0.002
+
+
+def test_degenerate_landmarks_are_ignored() -> None:
+    """Zeros (a caller with no landmarks) or points on a line upside down keep the upright shape."""
+    plain = region_mask(FACE, W, H, 0.2)
+    assert np.array_equal(region_mask(FACE, W, H, 0.2, landmarks=np.zeros((1, 5, 2), np.float32)), plain)
+    flipped = frontal_points(FACE[0], roll_deg=180.0)
+    assert np.array_equal(region_mask(FACE, W, H, 0.2, landmarks=flipped), plain)
+
+
+@pytest.mark.parametrize("roll", [-40.0, -20.0, 20.0, 40.0])
+def test_a_rolled_head_turns_the_ellipse_and_keeps_the_box_inside(roll: float) -> None:
+    points = frontal_points(FACE[0], roll_deg=roll)
+    head = head_shape(FACE[0], 0.2, points[0])
+    assert head.angle == pytest.approx(roll, abs=0.5)
+    mask = region_mask(FACE, W, H, 0.2, landmarks=points)
+    assert face_pixels(mask, FACE[0]).mean() >= 0.9, "the detected box stays masked but for background corners"
+    for x, y in points[0]:
+        assert mask[int(y), int(x)], "eyes, nose and mouth are masked"
+    # the crown is masked on the side the head leans to: along the face's up direction, not the image's
+    x1, y1, x2, y2 = FACE[0]
+    cx, cy, h = (x1 + x2) / 2, (y1 + y2) / 2, y2 - y1
+    t = np.radians(roll)
+    crown = (int(cx + np.sin(t) * 0.8 * h), int(cy - np.cos(t) * 0.8 * h))
+    assert mask[crown[1], crown[0]]
+
+
+@pytest.mark.parametrize("turn", [-FULL_TURN, FULL_TURN])
+def test_a_turned_face_is_masked_further_on_the_nose_side(turn: float) -> None:
+    points = frontal_points(FACE[0], turn=turn)
+    plain = region_mask(FACE, W, H, 0.2)
+    turned = region_mask(FACE, W, H, 0.2, landmarks=points)
+    cols = np.flatnonzero(turned.any(axis=0))
+    plain_cols = np.flatnonzero(plain.any(axis=0))
+    w = float(FACE[0][2] - FACE[0][0])
+    if turn < 0:
+        assert plain_cols[0] - cols[0] >= YAW_REACH * w - 2
+        assert cols[-1] >= plain_cols[-1] - 1, "the back of the head stays covered"
+    else:
+        assert cols[-1] - plain_cols[-1] >= YAW_REACH * w - 2
+        assert cols[0] <= plain_cols[0] + 1
+    assert face_pixels(turned, FACE[0]).all()
+
+
+def test_a_slightly_turned_face_keeps_the_plain_width() -> None:
+    plain = region_mask(FACE, W, H, 0.2)
+    slight = region_mask(FACE, W, H, 0.2, landmarks=frontal_points(FACE[0], turn=0.2))
+    assert (plain != slight).mean() < 0.002
+
+
+def test_held_faces_without_landmarks_keep_the_upright_shape() -> None:
+    """Landmarks belong to the first boxes (seen this frame); the rest (held) are upright."""
+    second = FACE + np.array([[150, 0, 150, 0]], np.float32)
+    both = np.concatenate([FACE, second])
+    points = frontal_points(FACE[0], roll_deg=30.0)
+    mask = region_mask(both, W, H, 0.2, landmarks=points)
+    assert np.array_equal(mask[:, 300:], region_mask(second, W, H, 0.2)[:, 300:])

@@ -58,15 +58,21 @@ class WatchSettings:
     frames: int
     required: float = REQUIRED_AGREEMENT
     iou: float = PARITY_IOU
+    floor: float | None = None
+    """The lowest score `detect` returns (the weak-detection floor); None: the threshold."""
+
+    @property
+    def lowest(self) -> float:
+        return self.threshold if self.floor is None else min(self.floor, self.threshold)
 
 
 class ParityWatch:
     """The `Detector` protocol over an fp32 and an int8 detector: one masks, the other shadows now and then.
 
     Both inner detectors must report faces down to `threshold - margin` (the comparison needs the scores
-    just under the threshold); `detect` returns only the active model's faces at >= `threshold`, which are
-    exactly the faces a detector built at `threshold` returns (greedy NMS never lets a lower score suppress
-    a higher one).
+    just under the threshold); `detect` returns only the active model's faces at >= the weak-detection
+    floor (`WatchSettings.lowest`), which are exactly the faces a detector built at that floor returns
+    (greedy NMS never lets a lower score suppress a higher one).
     """
 
     def __init__(
@@ -139,7 +145,7 @@ class ParityWatch:
             elif self._since >= self.interval():
                 self._since = 0
                 self._sample(image, found)
-        return found.select(found.scores >= self.settings.threshold)
+        return found.select(found.scores >= self.settings.lowest)
 
     def interval(self) -> int:
         """Frames between two comparisons: `every`, stretched by how much slower the shadow model runs.
@@ -321,7 +327,7 @@ def build_watch(
 ) -> ParityWatch:
     """The watch for `precision = "auto"`: both models built by `make(path, threshold, label)` at the floor
     the comparison needs, the speed verdict, and the last parity verdict for this exact setup."""
-    floor = settings.threshold - margin_at(settings.threshold)
+    floor = min(settings.threshold - margin_at(settings.threshold), settings.weak_threshold)
     key = setup_key(int8_path, fp32_path, settings.threads, settings.providers)
     speed = timing(int8_path, fp32_path, settings.threads, settings.providers)
     cache = int8_path.parent
@@ -331,5 +337,6 @@ def build_watch(
     except BaseException:
         fp32.close()
         raise
-    watch = WatchSettings(settings.threshold, settings.parity_every, settings.parity_faces, settings.parity_frames)
+    watch = WatchSettings(settings.threshold, settings.parity_every, settings.parity_faces, settings.parity_frames,
+                          floor=min(settings.threshold, settings.weak_threshold))
     return ParityWatch(fp32, int8, watch, speed, load_verdict(cache, key), lambda v: save_verdict(cache, key, v))

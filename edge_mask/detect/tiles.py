@@ -36,8 +36,10 @@ def tile_windows(width: int, height: int, size: int, overlap: float = OVERLAP) -
 class TiledDetector:
     """Whole frame (downscaled) plus full-resolution tiles, merged; the `Detector` protocol."""
 
-    def __init__(self, inner: Detector, detect_width: int, nms_iou: float, max_faces: int) -> None:
+    def __init__(self, inner: Detector, detect_width: int, nms_iou: float, max_faces: int, sight: float = 0.0) -> None:
         self.inner = inner
+        self.sight = sight
+        """Faces scoring this or more count against `max_faces`; weaker ones beyond it are left out."""
         self.detect_width = detect_width
         self.nms_iou = nms_iou
         self.max_faces = max_faces
@@ -59,7 +61,8 @@ class TiledDetector:
         if len(scores) == 0:
             return whole
         keep = nms(boxes, scores, self.nms_iou, self.max_faces + 1)
-        check_face_count(len(keep), self.max_faces)
+        check_face_count(int(np.count_nonzero(scores[keep] >= self.sight)), self.max_faces)
+        keep = keep[: self.max_faces]
         return Detections(boxes[keep], scores[keep], landmarks[keep])
 
     def close(self) -> None:

@@ -10,8 +10,10 @@ cell: `cls` and `obj` (already through a sigmoid), `bbox` (centre offset in cell
 cells) and `kps` (five landmarks as offsets in cells). A face's score is sqrt(cls * obj).
 
 Every backend takes a full-resolution frame, detects on a copy downscaled to at most `detect_width` pixels
-wide, and returns `Detections` in the original frame's pixels. onnxruntime is imported inside the backend
-factory only, so `import edge_mask.detect` works without it.
+wide (lifted when dark, `lift_low_light`), and returns `Detections` in the original frame's pixels. They
+report faces down to the weak-detection floor; only those at the product's threshold (`sight`) count
+against `max_faces`, because weaker ones are masked only where they extend a held face. onnxruntime is
+imported inside the backend factory only, so `import edge_mask.detect` works without it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,23 @@ log = logging.getLogger(__name__)
 STRIDES = (8, 16, 32)
 ALIGN = 32
 """The network downsamples by 32, so a dynamic input must be a multiple of 32 in both directions."""
+DARK_BELOW = 60.0
+"""A detection input whose mean level (0..255) is under this is lifted before detection."""
+LIFT_GAMMA = 2.0
+_LIFT = np.array([round(255.0 * (i / 255.0) ** (1.0 / LIFT_GAMMA)) for i in range(256)], np.uint8)
+
+
+def lift_low_light(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """A dark detection input brightened by a gamma curve; others unchanged (the same array).
+
+    Why: YuNet scores dark faces low. In the shared press clip (mean level 16-38 of 255) the judge finds
+    faces that YuNet scores 0.03-0.2; with gamma 2 it scores 120 of 123 such faces at 0.25 or more. Only the
+    detector's copy is lifted: the picture that is masked and sent is never changed.
+    """
+    if float(pixels.mean()) >= DARK_BELOW:
+        return pixels
+    lifted: npt.NDArray[np.uint8] = np.asarray(cv2.LUT(pixels, _LIFT), np.uint8)
+    return lifted
 
 
 # ------------------------------------------------------------------------------------------ geometry
@@ -82,11 +101,13 @@ def plan_input(
     return Letterbox(scale=scale, width=width, height=height, resized_width=rw, resized_height=rh)
 
 
-def make_blob(image: Image, box: Letterbox) -> npt.NDArray[np.float32]:
-    """Resize and pad a BGR frame into a 1x3xHxW float32 tensor of 0..255 values."""
+def make_blob(image: Image, box: Letterbox, low_light: bool = False) -> npt.NDArray[np.float32]:
+    """Resize and pad a BGR frame into a 1x3xHxW float32 tensor of 0..255 values (lifted when dark)."""
     pixels: npt.NDArray[Any] = image
     if (image.shape[1], image.shape[0]) != (box.resized_width, box.resized_height):
         pixels = cv2.resize(image, (box.resized_width, box.resized_height), interpolation=cv2.INTER_AREA)
+    if low_light:
+        pixels = lift_low_light(pixels)
     blob = np.zeros((1, 3, box.height, box.width), np.float32)
     blob[0, :, : box.resized_height, : box.resized_width] = pixels.transpose(2, 0, 1)
     return blob
@@ -156,13 +177,19 @@ def postprocess(
     threshold: float,
     nms_iou: float,
     max_faces: int,
+    sight: float = 0.0,
 ) -> Detections:
-    """Decode, suppress duplicates, map back to frame pixels and clip boxes to the frame."""
+    """Decode, suppress duplicates, map back to frame pixels and clip boxes to the frame.
+
+    Faces scoring `sight` or more count against `max_faces` (more fail the frame closed); below it, the
+    weakest beyond `max_faces` in all are left out (they would only extend held faces).
+    """
     boxes, scores, kps = decode(outputs, box.width, box.height, threshold)
     if len(scores) == 0:
         return Detections.empty()
     keep = nms(boxes, scores, nms_iou, max_faces + 1)
-    check_face_count(len(keep), max_faces)
+    check_face_count(int(np.count_nonzero(scores[keep] >= sight)), max_faces)
+    keep = keep[:max_faces]
     boxes, scores, kps = boxes[keep] / box.scale, scores[keep], kps[keep] / box.scale
     limit = np.array([frame_width, frame_height, frame_width, frame_height], np.float32)
     boxes = np.clip(boxes, 0.0, limit)
@@ -173,7 +200,8 @@ class OnnxYuNet:
     """YuNet through onnxruntime (fp32 or int8, dynamic or fixed input size)."""
 
     def __init__(
-        self, session: Any, threshold: float, nms_iou: float, detect_width: int, max_faces: int, label: str = ""
+        self, session: Any, threshold: float, nms_iou: float, detect_width: int, max_faces: int, label: str = "",
+        sight: float = 0.0, low_light: bool = False,
     ) -> None:
         self._session = session
         self.label = label
@@ -185,14 +213,17 @@ class OnnxYuNet:
         self.nms_iou = nms_iou
         self.detect_width = detect_width
         self.max_faces = max_faces
+        self.sight = sight
+        """Faces scoring this or more count against `max_faces` (the product's threshold)."""
+        self.low_light = low_light
 
     def detect(self, image: Image) -> Detections:
         height, width = image.shape[:2]
         box = plan_input(width, height, self.detect_width, self._fixed)
-        blob = make_blob(image, box)
+        blob = make_blob(image, box, self.low_light)
         values = self._session.run(self._outputs, {self._input: blob})
         outputs = dict(zip(self._outputs, values, strict=True))
-        return postprocess(outputs, box, width, height, self.threshold, self.nms_iou, self.max_faces)
+        return postprocess(outputs, box, width, height, self.threshold, self.nms_iou, self.max_faces, self.sight)
 
     def close(self) -> None:
         self._session = None
@@ -208,11 +239,12 @@ def _onnx_factory(settings: OnnxDetectorConfig, models: ModelsConfig) -> Detecto
         log.info("detector: onnxruntime YuNet %s (%s), threads=%d, providers=%s", path.name, label, settings.threads,
                  session.get_providers())
         detector: Detector = OnnxYuNet(session, threshold, settings.nms_iou, settings.detect_width,
-                                       settings.max_faces, label)
+                                       settings.max_faces, label, settings.threshold, settings.low_light)
         if settings.tiles:
             from edge_mask.detect.tiles import TiledDetector
 
-            detector = TiledDetector(detector, settings.detect_width, settings.nms_iou, settings.max_faces)
+            detector = TiledDetector(detector, settings.detect_width, settings.nms_iou, settings.max_faces,
+                                     settings.threshold)
         return detector
 
     if settings.precision == "auto" and settings.parity_every > 0 and not looks_like_path(settings.model):
@@ -224,7 +256,12 @@ def _onnx_factory(settings: OnnxDetectorConfig, models: ModelsConfig) -> Detecto
     path = resolve_model(
         settings.model, models, settings.precision, threads=settings.threads, providers=settings.providers
     )
-    return make(path, settings.threshold, precision_of(path, models))
+    return make(path, detection_floor(settings), precision_of(path, models))
+
+
+def detection_floor(settings: OnnxDetectorConfig | OpenCVYuNetDetectorConfig) -> float:
+    """The lowest score a backend reports: the weak-detection floor, or the threshold if that is lower."""
+    return min(settings.threshold, settings.weak_threshold)
 
 
 # ----------------------------------------------------------------------------------------------- OpenCV
@@ -233,8 +270,11 @@ def _onnx_factory(settings: OnnxDetectorConfig, models: ModelsConfig) -> Detecto
 class OpenCVYuNet:
     """YuNet through `cv2.FaceDetectorYN`; same downscaling and mapping back as the onnxruntime backend."""
 
-    def __init__(self, model_path: str, threshold: float, nms_iou: float, detect_width: int, max_faces: int) -> None:
+    def __init__(self, model_path: str, threshold: float, nms_iou: float, detect_width: int, max_faces: int,
+                 sight: float = 0.0, low_light: bool = False) -> None:
         self._model_path = model_path
+        self._sight = sight
+        self._low_light = low_light
         self._threshold = threshold
         self._nms_iou = nms_iou
         self._top_k = max(max_faces * 10, 500)
@@ -249,6 +289,8 @@ class OpenCVYuNet:
         small: npt.NDArray[Any] = image
         if (box.resized_width, box.resized_height) != (width, height):
             small = cv2.resize(image, (box.resized_width, box.resized_height), interpolation=cv2.INTER_AREA)
+        if self._low_light:
+            small = lift_low_light(small)
         size = (box.resized_width, box.resized_height)
         if size != self._size:
             self._net.setInputSize(size)
@@ -256,8 +298,10 @@ class OpenCVYuNet:
         _, faces = self._net.detect(small)
         if faces is None or len(faces) == 0:
             return Detections.empty()
-        check_face_count(len(faces), self._max_faces)
         faces = np.asarray(faces, np.float32)
+        faces = faces[np.argsort(-faces[:, 14], kind="stable")]
+        check_face_count(int(np.count_nonzero(faces[:, 14] >= self._sight)), self._max_faces)
+        faces = faces[: self._max_faces]
         xy, wh = faces[:, 0:2], np.maximum(faces[:, 2:4], 0.0)
         limit = np.array([width, height, width, height], np.float32)
         boxes: FloatArray = np.clip(np.concatenate([xy, xy + wh], axis=1) / box.scale, 0.0, limit).astype(np.float32)
@@ -277,8 +321,8 @@ def _opencv_factory(settings: OpenCVYuNetDetectorConfig, models: ModelsConfig) -
     if settings.threads:
         cv2.setNumThreads(settings.threads)
     try:
-        detector = OpenCVYuNet(str(path), settings.threshold, settings.nms_iou, settings.detect_width,
-                               settings.max_faces)
+        detector = OpenCVYuNet(str(path), detection_floor(settings), settings.nms_iou, settings.detect_width,
+                               settings.max_faces, settings.threshold, settings.low_light)
     except cv2.error as exc:
         raise ModelError(f"{path}: OpenCV cannot load this model as YuNet ({exc.err}); use the fp32 model") from exc
     log.info("detector: OpenCV FaceDetectorYN %s, threads=%d", path.name, settings.threads)

@@ -28,6 +28,7 @@ from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
 from edge_mask.detect import Detector, TooManyFaces, create_detector
 from edge_mask.mask.base import MASKERS, Masker, build_masker
 from edge_mask.mask.paint import Painter, mask_faces, mask_whole_frame
+from edge_mask.mask.scene import CutDetector
 from edge_mask.mask.track import Tracker
 
 log = logging.getLogger(__name__)
@@ -106,16 +107,22 @@ class DetectorThread:
 class FaceMasker:
     """Turns every `RawFrame` into a `MaskedFrame` (or None when failures drop frames)."""
 
-    def __init__(self, detector: Detector, tracker: TrackerConfig, mask: MaskConfig, deadline_ms: float) -> None:
+    def __init__(
+        self, detector: Detector, tracker: TrackerConfig, mask: MaskConfig, deadline_ms: float, sight: float = 0.0
+    ) -> None:
         self.detector = detector
         self.mask_cfg = mask
         self.deadline_s = deadline_ms / 1000.0
+        self.sight = sight
+        """Detections scoring below this (the detector's threshold) are masked only where they extend a held
+        face (track.py); 0 masks everything the detector reports."""
         self._tracker = Tracker(tracker)
+        self._cuts = CutDetector(tracker.cut_threshold)
         self._painter = Painter(mask)
         self._thread = DetectorThread(detector)
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {
-            "frames": 0, "faces_detected": 0, "faces_masked": 0, "faces_held": 0, "dropped": 0,
+            "frames": 0, "faces_detected": 0, "faces_masked": 0, "faces_held": 0, "dropped": 0, "scene_cuts": 0,
             **{f"fail_closed_{r}": 0 for r in FAIL_REASONS},
         }
         self._samples: dict[str, deque[float]] = {s: deque(maxlen=SAMPLES) for s in STAGES}
@@ -144,9 +151,11 @@ class FaceMasker:
             return self._fail(frame, "detector_error")
         found: Detections = call.result
         try:
-            result = self._tracker.update(found.boxes, frame.monotonic)
+            cut = self._cuts(frame.image)
+            result = self._tracker.update(found.boxes, frame.monotonic, found.scores, cut, self.sight)
             tracked = time.perf_counter()
-            masked = mask_faces(frame, result.regions, found.landmarks, self._painter)
+            landmarks = found.landmarks[list(result.masked_detections)]
+            masked = mask_faces(frame, result.regions, landmarks, self._painter)
         except Exception:
             log.exception("frame %d: tracking or masking failed; frame fails closed", frame.seq)
             return self._fail(frame, "mask_error")
@@ -154,6 +163,7 @@ class FaceMasker:
         with self._lock:
             self._counts["faces_detected"] += result.detected
             self._counts["faces_held"] += result.held
+            self._counts["scene_cuts"] += int(cut)
             self._counts["faces_masked"] += len(result.regions)
             self._samples["detect"].append(detected - started)
             self._samples["track"].append(tracked - detected)
@@ -177,6 +187,7 @@ class FaceMasker:
         """
         if tracker is not None:
             self._tracker.cfg = tracker
+            self._cuts.threshold = tracker.cut_threshold
         if mask is not None:
             self._painter = Painter(mask)
             self.mask_cfg = mask
@@ -184,6 +195,7 @@ class FaceMasker:
     def reset(self) -> None:
         """Forget tracked faces (the next frame starts a new stream); counters are kept."""
         self._tracker.reset()
+        self._cuts.reset()
 
     def stats(self) -> dict[str, float | int]:
         """Counters and per-stage latency percentiles (ms) over the recent window."""
@@ -229,7 +241,7 @@ def percentiles(values: Iterable[float]) -> tuple[float, float]:
 def _face_masker(cfg: MaskerConfig) -> Masker:
     """Detector from the config's detector and models sections, wrapped with its tracker and mask settings."""
     detector = create_detector(cfg.detector, cfg.models)
-    return FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms)
+    return FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms, sight=cfg.detector.threshold)
 
 
 __all__ = ["FaceMasker", "build_masker"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_mask.config import MaskConfig
 from edge_mask.core.types import MASK_WITNESS, FloatArray, Image, MaskedFrame, RawFrame
-from edge_mask.mask.geometry import EXTRA_DOWN, EXTRA_UP, bounds, head_regions, region_mask
+from edge_mask.mask.geometry import EXTRA_DOWN, EXTRA_UP, bounds, head_regions, region_mask, shapes_for
 from edge_mask.mask.styles import STYLES, Noise, color_of
 
 log = logging.getLogger(__name__)
@@ -30,15 +30,17 @@ class Painter:
         self._rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
         self._style = STYLES.create_named(cfg.style, cfg, Noise(cfg.noise, self._rng))
 
-    def regions(self, faces: FloatArray, width: int, height: int) -> FloatArray:
+    def regions(self, faces: FloatArray, width: int, height: int, landmarks: FloatArray | None = None) -> FloatArray:
         """The head rectangles (x1, y1, x2, y2) actually painted for these face boxes."""
-        out = [bounds(b, self.cfg.padding, width, height) for b in np.asarray(faces, np.float32).reshape(-1, 4)]
+        out = [bounds(head, width, height) for head in shapes_for(faces, self.cfg.padding, landmarks)]
         return np.array(out, np.float32).reshape(-1, 4)
 
-    def paint(self, image: Image, faces: FloatArray) -> None:
-        """Mask the head of every face box (N, 4) in `image`, in place."""
-        for box in np.asarray(faces, np.float32).reshape(-1, 4):
-            self._style.paint(image, box)
+    def paint(self, image: Image, faces: FloatArray, landmarks: FloatArray | None = None) -> None:
+        """Mask the head of every face box (N, 4) in `image`, in place; `landmarks` (M, 5, 2) belong to the
+        first M boxes (faces seen this frame) and turn their heads with the face (`geometry.head_shape`)."""
+        boxes = np.asarray(faces, np.float32).reshape(-1, 4)
+        for box, head in zip(boxes, shapes_for(boxes, self.cfg.padding, landmarks), strict=True):
+            self._style.paint(image, head, float(box[2] - box[0]))
 
 
 def masked_frame(
@@ -61,8 +63,8 @@ def masked_frame(
 def mask_faces(raw: RawFrame, faces: FloatArray, landmarks: FloatArray, painter: Painter) -> MaskedFrame:
     """Copy the raw image, paint every face box's head region, and wrap it as a `MaskedFrame`."""
     image = raw.image.copy()
-    painter.paint(image, faces)
-    return masked_frame(raw, image, painter.regions(faces, raw.width, raw.height), landmarks)
+    painter.paint(image, faces, landmarks)
+    return masked_frame(raw, image, painter.regions(faces, raw.width, raw.height, landmarks), landmarks)
 
 
 def mask_whole_frame(raw: RawFrame, color: tuple[int, ...] = (0, 0, 0)) -> MaskedFrame:

@@ -20,14 +20,14 @@ import numpy.typing as npt
 
 from edge_mask.config import MaskConfig
 from edge_mask.core.registry import Registry
-from edge_mask.core.types import FloatArray, Image
-from edge_mask.mask.geometry import bounds, draw
+from edge_mask.core.types import Image
+from edge_mask.mask.geometry import HeadShape, bounds, draw
 
 
 class Style(Protocol):
-    """Paints the head region of one face box into a frame, in place."""
+    """Paints one head shape into a frame, in place; `face_w` is the face box's width (block sizes)."""
 
-    def paint(self, image: Image, box: FloatArray) -> None: ...
+    def paint(self, image: Image, head: HeadShape, face_w: float) -> None: ...
 
 
 STYLES: Registry[Style] = Registry("mask.style")
@@ -63,8 +63,8 @@ class Solid:
         self.cfg = cfg
         self.color = color_of(cfg.color)
 
-    def paint(self, image: Image, box: FloatArray) -> None:
-        draw(image, box, self.cfg.padding, self.cfg.shape, self.color, 0, 0)
+    def paint(self, image: Image, head: HeadShape, face_w: float) -> None:
+        draw(image, head, self.cfg.shape, self.color, 0, 0)
 
 
 class _Stenciled:
@@ -76,18 +76,18 @@ class _Stenciled:
     def replace(self, roi: Image, face_w: float) -> Image:
         raise NotImplementedError
 
-    def paint(self, image: Image, box: FloatArray) -> None:
+    def paint(self, image: Image, head: HeadShape, face_w: float) -> None:
         height, width = image.shape[:2]
-        x1, y1, x2, y2 = bounds(box, self.cfg.padding, width, height)
+        x1, y1, x2, y2 = bounds(head, width, height)
         if x2 <= x1 or y2 <= y1:
             return
         roi = image[y1:y2, x1:x2]
-        styled = self.replace(roi, float(box[2] - box[0]))
+        styled = self.replace(roi, face_w)
         if self.cfg.shape == "rect":
             roi[...] = styled
             return
         stencil = np.zeros(roi.shape[:2], np.uint8)
-        draw(stencil, box, self.cfg.padding, self.cfg.shape, 255, x1, y1)
+        draw(stencil, head, self.cfg.shape, 255, x1, y1)
         np.copyto(roi, styled, where=stencil[..., None].astype(bool))
 
 

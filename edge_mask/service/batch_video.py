@@ -175,7 +175,7 @@ def build_batch_masker(cfg: MaskerConfig) -> tuple[Masker, LookaheadDetector | N
         raise
     lookahead = LookaheadDetector(detectors)
     log.info("batch: %d detector workers x %d onnxruntime threads", workers, threads)
-    return FaceMasker(lookahead, cfg.tracker, cfg.mask, settings.deadline_ms), lookahead
+    return FaceMasker(lookahead, cfg.tracker, cfg.mask, settings.deadline_ms, sight=settings.threshold), lookahead
 
 
 # ------------------------------------------------------------------------------------------------ pipeline

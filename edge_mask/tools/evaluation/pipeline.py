@@ -75,10 +75,11 @@ def build_detector(cfg: EdgeConfig) -> SharedDetector:
 
 
 def new_masker(cfg: EdgeConfig, detector: SharedDetector, deadline_ms: float = EVAL_DEADLINE_MS) -> Any:
-    """A fresh `FaceMasker` (fresh tracker) over a shared detector."""
+    """A fresh `FaceMasker` (fresh tracker) over a shared detector, masking as the product does: on sight
+    from the detector's threshold, weaker detections only where they extend a held face."""
     from edge_mask.mask.engine import FaceMasker
 
-    return FaceMasker(detector, cfg.tracker, cfg.mask, deadline_ms)
+    return FaceMasker(detector, cfg.tracker, cfg.mask, deadline_ms, sight=cfg.detector.threshold)
 
 
 def mask_still(
