@@ -262,3 +262,14 @@ def test_bad_provider_is_a_user_error(model_cache: ModelsConfig) -> None:
     with pytest.raises(UserError, match=r"CUDAExecutionProvider not available.*available:.*CPUExecutionProvider"):
         create_detector(settings, model_cache)
 
+
+
+def test_the_smallest_face_found_follows_the_detection_scale() -> None:
+    """What `doctor` and the stats say: 10 px at the network's scale, wider in frames scaled down for it."""
+    from edge_mask.detect import coverage_line, smallest_face_px
+
+    plain, tiled = OnnxDetectorConfig(), OnnxDetectorConfig(tiles=True)
+    assert smallest_face_px(plain, 640) == 10 and smallest_face_px(plain, 1920) == 30
+    assert smallest_face_px(tiled, 1920) == 10
+    assert "about 30 px" in coverage_line(plain, 1920, 1080) and "detector.tiles" in coverage_line(plain, 1920, 1080)
+    assert coverage_line(tiled, 1920, 1080).startswith("faces from about 10 px")

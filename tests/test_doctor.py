@@ -76,7 +76,9 @@ def test_healthy_device_passes_every_check(
     lines = capsys.readouterr().out.strip().splitlines()
     assert all(line.startswith("OK") for line in lines[:-1]), lines
     text = "\n".join(lines)
-    for expected in ("camera: opencv:", "yields 640x360 frames", "model: ", "verified", "keys: recipient public key",
+    for expected in ("camera: opencv:", "yields 640x360 frames",
+                     "faces: faces from about 10 px wide are found in 640x360", "model: ", "verified",
+                     "keys: recipient public key",
                      "mode 0600", "tls: client certificate", "broker: connected to 127.0.0.1", "over TLS",
                      "spool: ", "clock: "):
         assert expected in text, (expected, text)

@@ -27,7 +27,7 @@ from edge_mask.detect.agreement import (
 from edge_mask.detect.base import DETECTORS, Detector, TooManyFaces, create_detector
 from edge_mask.detect.models import ModelEntry, cache_path, check_cached, fetch, load_manifest
 from edge_mask.detect.precision import Timing, auto_candidates, resolve_model, timing
-from edge_mask.detect.report import detector_stats, parity_summary
+from edge_mask.detect.report import coverage_line, detector_stats, parity_summary, smallest_face_px
 from edge_mask.detect.runtime import fixed_input_size, open_session, resolve_providers
 from edge_mask.detect.shadow import ParityWatch, WatchSettings
 from edge_mask.detect.verdict import PARITY_FILE, ParityVerdict, load_verdict
@@ -54,6 +54,7 @@ __all__ = [
     "auto_candidates",
     "cache_path",
     "check_cached",
+    "coverage_line",
     "create_detector",
     "detector_stats",
     "fetch",
@@ -69,5 +70,6 @@ __all__ = [
     "plan_input",
     "resolve_model",
     "resolve_providers",
+    "smallest_face_px",
     "timing",
 ]

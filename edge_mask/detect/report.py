@@ -10,13 +10,36 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edge_mask.config import ModelsConfig, OnnxDetectorConfig
+from edge_mask.config import ModelsConfig, OnnxDetectorConfig, OpenCVYuNetDetectorConfig
 from edge_mask.detect.agreement import REQUIRED_AGREEMENT
 from edge_mask.detect.precision import auto_candidates, timing
 from edge_mask.detect.shadow import ParityWatch, resume
 from edge_mask.detect.verdict import load_verdict, setup_key
 
 log = logging.getLogger(__name__)
+
+MIN_FACE_PX = 10
+"""The narrowest face YuNet finds reliably at its own input scale (pixels); smaller faces need tiles."""
+
+
+def smallest_face_px(settings: OnnxDetectorConfig | OpenCVYuNetDetectorConfig, frame_width: int) -> int:
+    """About the narrowest face (source pixels) the detector finds in frames `frame_width` wide: frames wider
+    than `detect_width` are scaled down for detection, unless `detector.tiles` also scans them at full size."""
+    tiles = bool(getattr(settings, "tiles", False))
+    if tiles or frame_width <= settings.detect_width:
+        return MIN_FACE_PX
+    return round(MIN_FACE_PX * frame_width / settings.detect_width)
+
+
+def coverage_line(settings: OnnxDetectorConfig | OpenCVYuNetDetectorConfig, width: int, height: int) -> str:
+    """One line for `edge-mask doctor`: the smallest face found in this camera's frames, and how to go lower."""
+    smallest = smallest_face_px(settings, width)
+    if smallest <= MIN_FACE_PX:
+        how = "full resolution" if width <= settings.detect_width else "full resolution (detector.tiles)"
+        return f"faces from about {smallest} px wide are found in {width}x{height} frames ({how})"
+    return (f"faces narrower than about {smallest} px are missed in {width}x{height} frames (scaled to "
+            f"{settings.detect_width} px wide for detection); for distant faces raise detector.detect_width "
+            "or set detector.tiles = true, at the cost of more detection time per frame")
 
 
 def detector_stats(detector: object) -> dict[str, Any]:

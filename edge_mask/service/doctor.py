@@ -99,6 +99,9 @@ def check_camera(cfg: EdgeConfig) -> Iterator[Check]:
     else:
         h, w = box["image"].shape[:2]
         yield Check("camera", True, f"{camera.name} yields {w}x{h} frames")
+        from edge_mask.detect import coverage_line
+
+        yield Check("faces", True, coverage_line(cfg.detector, w, h))
 
 
 # ------------------------------------------------------------------------------------------------- model

@@ -101,11 +101,14 @@ class Service:
         if self.spool is not None:
             out.update(self.spool.stats().as_dict())
         if self._masker is not None:
-            from edge_mask.detect import detector_stats
+            from edge_mask.detect import detector_stats, smallest_face_px
 
             out["masker"] = dict(self._masker.stats())
             # which model masks (int8/fp32) and the on-device parity watch's figures and state
             out.update(detector_stats(getattr(self._masker, "detector", None)))
+            width = getattr(self.cfg.camera, "width", None)
+            if isinstance(width, int):
+                out["smallest_face_px"] = smallest_face_px(self.cfg.detector, width)
         out["flowing"] = self.flowing()
         return out
 
