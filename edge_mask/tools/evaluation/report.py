@@ -22,6 +22,7 @@ from typing import Any
 from edge_mask.config import EdgeConfig
 from edge_mask.core.errors import UserError
 from edge_mask.tools.evaluation import plots
+from edge_mask.tools.evaluation.collateral import SOURCES
 from edge_mask.tools.evaluation.render import render_markdown
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,16 @@ def utility_markdown(utility: dict[str, Any], figures: dict[str, str]) -> list[s
     t = utility["totals"]
     out += [f"edge_mask failed closed (whole frame masked) on {t['fail_closed_frames']} of {t['frames']} frames.",
             ""]
+    if "collateral_sources" in t:
+        out += ["Where edge_mask's collateral comes from (shares of the frame; `edge_mask/tools/evaluation/"
+                "collateral.py`): *geometry*, the mask of a face the judge finds reaching past its head ellipse; "
+                "*unsure*, a face the judge scores 0.2-0.5 (mostly real faces in the dark, turned or cut by the "
+                "edge); *held*, a face kept from earlier frames; *false*, a detection with no judge detection "
+                "at all.", ""]
+        src_rows = [[clip["name"], *(f"{100 * clip['collateral_sources'][k]:.2f}%" for k in SOURCES),
+                     f"{100 * clip['maskers']['edge_mask']['collateral']:.2f}%"]
+                    for clip in [*utility["clips"], {**t, "name": "**total**"}] if "collateral_sources" in clip]
+        out += _md_table(["clip", *SOURCES, "collateral"], src_rows)
     for clip in utility["clips"]:
         key = f"utility:{clip['name']}"
         if key in figures:

