@@ -53,7 +53,7 @@ def lift_low_light(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     faces that YuNet scores 0.03-0.2; with gamma 2 it scores 120 of 123 such faces at 0.25 or more. Only the
     detector's copy is lifted: the picture that is masked and sent is never changed.
     """
-    if float(pixels.mean()) >= DARK_BELOW:
+    if float(pixels[::8, ::8].mean()) >= DARK_BELOW:  # every 8th pixel: the level, at 1/64 of the cost
         return pixels
     lifted: npt.NDArray[np.uint8] = np.asarray(cv2.LUT(pixels, _LIFT), np.uint8)
     return lifted
