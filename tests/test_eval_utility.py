@@ -85,6 +85,12 @@ def test_collateral_sources_charge_each_pixel_to_the_most_excusable_region() -> 
     assert shares["false"] == pytest.approx(150 / 800) and shares["held"] == 0.0
     nothing = collateral_sources(masked, needed, np.zeros((0, 4)), 0, np.zeros((0, 4)), [])
     assert sum(nothing.values()) == 0.0
+    # ellipses: a false detection's ellipse overlapping a sure face's rectangle keeps its own pixels
+    canvas = np.zeros((40, 80), np.bool_)
+    face, blob = [0, 0, 40, 40], [30, 0, 70, 40]
+    ellipses = collateral_sources(~canvas, canvas, [face, blob], 2, [[10, 10, 30, 30]], [0.9], shape="ellipse")
+    rects = collateral_sources(~canvas, canvas, [face, blob], 2, [[10, 10, 30, 30]], [0.9], shape="rect")
+    assert ellipses["false"] > rects["false"] and sum(ellipses.values()) == pytest.approx(sum(rects.values()))
 
 
 def test_totals_weigh_every_judged_frame_the_same() -> None:

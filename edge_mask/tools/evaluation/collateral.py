@@ -14,14 +14,17 @@ lies in, by the first that applies, in this order:
   miss.
 
 Regions are the painted rectangles `MaskedFrame.regions`; the first `len(MaskedFrame.landmarks)` of them
-are this frame's detections, the rest held faces (the masker's documented order). A pixel inside several
-regions goes to the highest in the order above.
+are this frame's detections, the rest held faces (the masker's documented order). With the ellipse shape a
+region stands for the ellipse inscribed in its rectangle (exact for an upright head, close for a turned
+one), so a face's corner of rectangle does not take the pixels of a neighbour's mask. A pixel inside
+several regions goes to the highest in the order above.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edge_mask.tools.evaluation.metrics import BoolMask, as_boxes
@@ -33,12 +36,13 @@ _RANK = {name: len(SOURCES) - i for i, name in enumerate(SOURCES)}
 
 def collateral_sources(
     masked: BoolMask, needed: BoolMask, regions: Any, seen: int, judge_boxes: Any, judge_scores: Any,
-    sure: float = 0.5,
+    sure: float = 0.5, shape: str = "rect",
 ) -> dict[str, float]:
     """Shares of the frame that are collateral, per source (they add up to the collateral share, give or
     take pixels outside every region, which a masker that paints only its regions never has)."""
     height, width = masked.shape
-    label = np.zeros((height, width), np.uint8)
+    label = np.zeros((height, width), np.uint8)  # by inscribed ellipse (or rectangle)
+    fallback = np.zeros((height, width), np.uint8)  # by rectangle: where a turned ellipse passes its inscribed one
     boxes = as_boxes(judge_boxes)
     scores = np.asarray(judge_scores, np.float32).reshape(-1)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2 if len(boxes) else np.zeros((0, 2), np.float32)
@@ -52,9 +56,19 @@ def collateral_sources(
             source = "false" if index < seen else "held"
         top, bottom = max(0, int(y1)), min(height, int(np.ceil(y2)))
         left, right = max(0, int(x1)), min(width, int(np.ceil(x2)))
-        if right > left and bottom > top:
-            patch = label[top:bottom, left:right]
-            np.maximum(patch, _RANK[source], out=patch)
+        if right <= left or bottom <= top:
+            continue
+        rect = fallback[top:bottom, left:right]
+        np.maximum(rect, _RANK[source], out=rect)
+        area = np.zeros((bottom - top, right - left), np.uint8)
+        if shape == "ellipse":
+            centre = (round((x1 + x2) / 2) - left, round((y1 + y2) / 2) - top)
+            cv2.ellipse(area, centre, (int((x2 - x1) / 2), int((y2 - y1) / 2)), 0, 0, 360, 1, thickness=-1)
+        else:
+            area[...] = 1
+        patch = label[top:bottom, left:right]
+        np.maximum(patch, area * _RANK[source], out=patch)
+    label = np.where(label > 0, label, fallback)
     collateral = masked & ~needed
     total = float(height * width)
     return {name: float(np.count_nonzero(collateral & (label == _RANK[name]))) / total for name in SOURCES}

