@@ -273,3 +273,5 @@ def test_the_smallest_face_found_follows_the_detection_scale() -> None:
     assert smallest_face_px(tiled, 1920) == 10
     assert "about 30 px" in coverage_line(plain, 1920, 1080) and "detector.tiles" in coverage_line(plain, 1920, 1080)
     assert coverage_line(tiled, 1920, 1080).startswith("faces from about 10 px")
+    assert "found once every 6 frames and held in between" in coverage_line(tiled, 1600, 898)  # one tile a frame
+    assert "on every frame" in coverage_line(OnnxDetectorConfig(tiles=True, tiles_per_frame=0), 1600, 898)

@@ -55,6 +55,7 @@ def batch_config(config: Path | None, style: str | None, threshold: float | None
     data["mask"]["on_failure"] = "mask_frame"
     if data["detector"].get("type") == "onnx":
         data["detector"]["tiles"] = True  # small faces in large photos: a batch run has the time for tiles
+        data["detector"]["tiles_per_frame"] = 0  # ... for all of them on every frame
         # a crowd photo has more than 200 detections at 0.25: the live cap would drop the weakest faces
         data["detector"]["max_faces"] = max(int(data["detector"].get("max_faces", 0)), BATCH_MAX_FACES)
         # No int8 parity watch (a second model on some frames): that proves int8 on the device's own camera

@@ -112,7 +112,11 @@ class OnnxDetectorConfig(Section):
     """More faces than this in one frame fail the frame closed (`too_many_faces`), never a partial mask."""
     tiles: bool = False
     """Also detect on full-resolution tiles of frames wider than `detect_width` (small faces in large
-    frames; several inferences per frame). `edge-mask mask` turns it on; the live service leaves it off."""
+    frames; several inferences per frame). `edge-mask mask` turns it on; the live service leaves it off
+    unless asked (`edge-mask doctor` says what smallest face the camera's frames get without it)."""
+    tiles_per_frame: Annotated[int, Field(ge=0, le=64)] = 1
+    """With `tiles`, in the live service: scan this many tiles per frame, in turn, each tile's faces held
+    until it is scanned again (0: every tile every frame). Batch masking always scans every tile."""
     deadline_ms: Positive = 250.0
     parity_every: Annotated[int, Field(ge=0, le=100_000)] = 10
     """With `precision = "auto"`: compare int8 with fp32 on one frame in this many (stretched when the

@@ -14,6 +14,7 @@ from edge_mask.config import ModelsConfig, OnnxDetectorConfig, OpenCVYuNetDetect
 from edge_mask.detect.agreement import REQUIRED_AGREEMENT
 from edge_mask.detect.precision import auto_candidates, timing
 from edge_mask.detect.shadow import ParityWatch, resume
+from edge_mask.detect.tiles import scan_frames
 from edge_mask.detect.verdict import load_verdict, setup_key
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,12 @@ def coverage_line(settings: OnnxDetectorConfig | OpenCVYuNetDetectorConfig, widt
     """One line for `edge-mask doctor`: the smallest face found in this camera's frames, and how to go lower."""
     smallest = smallest_face_px(settings, width)
     if smallest <= MIN_FACE_PX:
-        how = "full resolution" if width <= settings.detect_width else "full resolution (detector.tiles)"
+        how = "full resolution"
+        count, frames = scan_frames(width, height, settings.detect_width, int(getattr(settings, "tiles_per_frame", 0)))
+        if count:
+            how = f"full resolution: detector.tiles, {count} tiles " + (
+                f"in turn, so a face that small is found once every {frames} frames and held in between"
+                if frames > 1 else "on every frame")
         return f"faces from about {smallest} px wide are found in {width}x{height} frames ({how})"
     return (f"faces narrower than about {smallest} px are missed in {width}x{height} frames (scaled to "
             f"{settings.detect_width} px wide for detection); for distant faces raise detector.detect_width "

@@ -244,7 +244,7 @@ def _onnx_factory(settings: OnnxDetectorConfig, models: ModelsConfig) -> Detecto
             from edge_mask.detect.tiles import TiledDetector
 
             detector = TiledDetector(detector, settings.detect_width, settings.nms_iou, settings.max_faces,
-                                     settings.threshold)
+                                     settings.threshold, settings.tiles_per_frame)
         return detector
 
     if settings.precision == "auto" and settings.parity_every > 0 and not looks_like_path(settings.model):
