@@ -30,3 +30,22 @@ def test_live_bench_reports_capture_to_broker_and_to_cloud(shared_dir: Path, mod
     assert report["latency_capture_to_broker_p50_ms"] <= report["latency_capture_to_acked_p50_ms"], text
     assert "window_wall" not in report
     assert "capture->broker" in text and "capture->cloud ack" in text
+    assert 1 <= report["cores"] <= report["machine_cores"], text
+
+
+def test_cpus_pins_the_process_and_rejects_what_cannot_be_pinned() -> None:
+    import os
+
+    from edge_mask.core.errors import UserError
+    from edge_mask.tools.bench_live import pin
+
+    before = os.sched_getaffinity(0)
+    try:
+        pin("0")
+        assert os.sched_getaffinity(0) == {0}
+        with pytest.raises(UserError, match="--cpus 9999"):
+            pin("9999")
+        with pytest.raises(UserError, match="--cpus zero"):
+            pin("zero")
+    finally:
+        os.sched_setaffinity(0, before)

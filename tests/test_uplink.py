@@ -250,3 +250,24 @@ def test_broker_config_for_plain_tcp_is_rejected_when_tls_files_are_missing(tmp_
     with pytest.raises(KeyMaterialError, match=r"uplink\.broker\.tls\.ca"):
         MqttUplink(UplinkConfig(broker=cfg), "dev1", spool)
     spool.close()
+
+
+def test_the_waker_ends_the_uplinks_wait_and_loop_once_needs_a_connection() -> None:
+    """`wake()` (the pipeline, after it spooled a frame) makes the uplink's select return at once; waking
+    twice before the uplink looks costs nothing, and a closed waker ignores late wakes at shutdown."""
+    import select
+
+    from edge_mask.uplink.mqtt import Waker, loop_once
+
+    waker = Waker()
+    assert select.select([waker.reader], [], [], 0)[0] == []
+    waker.wake()
+    waker.wake()
+    assert select.select([waker.reader], [], [], 0)[0] == [waker.reader]
+    waker.drain()
+    assert select.select([waker.reader], [], [], 0)[0] == []
+    client = make_client(BrokerConfig(host="127.0.0.1", port=1), "waker-test")
+    assert loop_once(client, waker, 0.01) == mqtt.MQTT_ERR_NO_CONN  # never connected: no socket to wait on
+    waker.close()
+    assert waker.closed
+    waker.wake()  # after close: ignored, no error

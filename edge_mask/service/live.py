@@ -272,6 +272,8 @@ class Service:
             if record_id < 0:  # no room even after dropping the oldest (the spool logged the episode once)
                 self.metrics.drop("spool_full")
                 continue
+            if self.uplink is not None:
+                self.uplink.wake()
             now = time.monotonic()
             self.metrics.count("frames_spooled")
             self.metrics.fps.tick()

@@ -93,6 +93,9 @@ class Uplink(Protocol):
 
     def wait_connected(self, timeout: float) -> bool: ...
 
+    def wake(self) -> None:
+        """New records are in the spool: send them now rather than at the next poll (may be a no-op)."""
+
     def publish_stats(self, stats: dict[str, Any]) -> None:
         """Send a stats or event message beside the frames (merged with the uplink's own counters)."""
 

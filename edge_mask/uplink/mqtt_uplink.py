@@ -43,7 +43,9 @@ from edge_mask.uplink.base import UPLINKS, Spool, StatsSource, Uplink
 from edge_mask.uplink.confirm import CloudVerdict, Outstanding
 from edge_mask.uplink.mqtt import (
     NO_MATCHING_SUBSCRIBERS,
+    Waker,
     check_tls_files,
+    loop_once,
     make_client,
     not_delivered,
     open_connection,
@@ -87,6 +89,7 @@ class MqttUplink:
         self._out = Outstanding(cfg.ack_timeout_s)
         self._verdict = CloudVerdict(spool.directory)
         self._hold_until = 0.0
+        self._waker = Waker()
         self._session_up = False
         self._undelivered_logged = False
         self._counters = {
@@ -113,6 +116,8 @@ class MqttUplink:
         if self._thread is not None:
             raise RuntimeError("uplink already started")
         self._stop.clear()
+        if self._waker.closed:  # started again after a stop
+            self._waker = Waker()
         self._thread = threading.Thread(target=self._run, name="edge-mask-uplink", daemon=True)
         self._thread.start()
 
@@ -120,12 +125,17 @@ class MqttUplink:
         """Stop the thread. Clean: publish `stopped` and disconnect; else drop the link so the LWT fires."""
         self._clean_stop = clean
         self._stop.set()
+        self._waker.wake()
         if self._thread is not None:
             self._thread.join(timeout=self.cfg.broker.connect_timeout_s + 3 * _STOP_GRACE_S + 5)
             self._thread = None
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    def wake(self) -> None:
+        """New records are in the spool: publish them now instead of at the next poll (`_LOOP_TIMEOUT_S`)."""
+        self._waker.wake()
 
     def publish_stats(self, stats: dict[str, Any]) -> None:
         """Queue a stats message (merged with the uplink's own counters) for `{prefix}/stats`."""
@@ -161,6 +171,7 @@ class MqttUplink:
             self._stop.wait(delay)
         if self._verdict.confirmed or self._verdict.refusal is not None:
             self._verdict.write()  # last_confirmed_at as of the stop, for doctor
+        self._waker.close()
 
     def _open(self, client: mqtt.Client) -> bool:
         """Connect and wait for a successful CONNACK; False (and counted) otherwise."""
@@ -242,7 +253,7 @@ class MqttUplink:
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.cfg.stats_interval_s
                 self._send_stats(client, {})
-            if client.loop(timeout=_LOOP_TIMEOUT_S) != mqtt.MQTT_ERR_SUCCESS:
+            if loop_once(client, self._waker, _LOOP_TIMEOUT_S) != mqtt.MQTT_ERR_SUCCESS:
                 break
         if self._stop.is_set() and self._session_up and self._clean_stop:
             # Give the frames already out a moment to be acknowledged (and confirmed), to spare duplicates.
