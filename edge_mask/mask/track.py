@@ -80,9 +80,12 @@ class Track:
     def predict(self, now: float) -> FloatArray:
         """The last box moved by the capped velocity to `now`; its size is kept."""
         dt = max(0.0, now - self.last_seen)
+        if dt == 0.0:
+            return self.box
         limit = min(MAX_SPEED * dt, MAX_COAST_SHIFT) * self.size
-        shift = np.clip(self.velocity * dt, -limit, limit)
-        moved: FloatArray = (self.box + np.concatenate([shift, shift])).astype(np.float32)
+        vx, vy = (float(v) for v in self.velocity)
+        dx, dy = min(max(vx * dt, -limit), limit), min(max(vy * dt, -limit), limit)
+        moved: FloatArray = self.box + np.array([dx, dy, dx, dy], np.float32)
         return moved
 
 
@@ -109,17 +112,17 @@ def grow(boxes: FloatArray, factor: npt.NDArray[np.float32]) -> FloatArray:
     return np.concatenate([centre - half, centre + half], axis=1).astype(np.float32)
 
 
-def match(
+def pair_scores(
     predicted: FloatArray, detected: FloatArray, min_iou: float, max_gate_px: float = float("inf")
-) -> list[tuple[int, int]]:
-    """Greedy one-to-one (track, detection) pairs, best first.
+) -> npt.NDArray[np.float64]:
+    """(tracks, detections) matrix: how well each pair matches, -inf where it may not match at all.
 
     A pair qualifies when IoU >= `min_iou`, or when the centres are closer than CENTER_MATCH face sizes and
-    `max_gate_px` pixels; never when one box is more than MAX_SIZE_RATIO times the other. Pairs are ranked
-    by IoU minus the normalised centre distance, so overlap wins and distance breaks ties.
+    `max_gate_px` pixels; never when one box is more than MAX_SIZE_RATIO times the other. Qualifying pairs
+    score IoU minus the normalised centre distance, so overlap wins and distance breaks ties.
     """
     if len(predicted) == 0 or len(detected) == 0:
-        return []
+        return np.zeros((len(predicted), len(detected)), np.float64)
     iou = iou_matrix(predicted, detected)
     pc = (predicted[:, :2] + predicted[:, 2:]) / 2
     dc = (detected[:, :2] + detected[:, 2:]) / 2
@@ -130,13 +133,20 @@ def match(
     ratio = np.maximum(p_size[:, None] / d_size[None, :], d_size[None, :] / p_size[:, None])
     near = (dist < CENTER_MATCH) & (pixels < max_gate_px)
     ok = ((iou >= min_iou) | near) & (ratio <= MAX_SIZE_RATIO)
-    score = np.where(ok, iou - 0.5 * dist, -np.inf)
+    scores: npt.NDArray[np.float64] = np.where(ok, iou - 0.5 * dist, -np.inf)
+    return scores
+
+
+def greedy(scores: npt.NDArray[np.float64]) -> list[tuple[int, int]]:
+    """One-to-one (row, column) pairs from a `pair_scores` matrix, best first."""
     pairs: list[tuple[int, int]] = []
+    if scores.size == 0:
+        return pairs
     used_t: set[int] = set()
     used_d: set[int] = set()
-    for flat in np.argsort(-score, axis=None):
-        t, d = divmod(int(flat), score.shape[1])
-        if not np.isfinite(score[t, d]):
+    for flat in np.argsort(-scores, axis=None):
+        t, d = divmod(int(flat), scores.shape[1])
+        if not np.isfinite(scores[t, d]):
             break
         if t in used_t or d in used_d:
             continue
@@ -144,6 +154,13 @@ def match(
         used_t.add(t)
         used_d.add(d)
     return pairs
+
+
+def match(
+    predicted: FloatArray, detected: FloatArray, min_iou: float, max_gate_px: float = float("inf")
+) -> list[tuple[int, int]]:
+    """Greedy one-to-one (track, detection) pairs, best first (`pair_scores` says which pairs qualify)."""
+    return greedy(pair_scores(predicted, detected, min_iou, max_gate_px))
 
 
 class Tracker:
@@ -196,10 +213,9 @@ class Tracker:
         )
         pairs: list[tuple[int, int]] = []
         start = self.cfg.start_score
+        table = pair_scores(predicted, boxes, self.cfg.match_iou, self.cfg.max_gate_px)
         for chosen in (scores >= start, (scores < start) & (scores >= sight), scores < sight):
-            taken = {t for t, _ in pairs}
-            left = [t for t in range(len(self._tracks)) if t not in taken]
-            pairs += self._associate(predicted, boxes, np.flatnonzero(chosen), left)
+            pairs += self._associate(table, np.flatnonzero(chosen), {t for t, _ in pairs})
         shown = {d for d in range(len(boxes)) if scores[d] >= sight}
         for t, d in pairs:
             track = self._tracks[t]
@@ -213,7 +229,9 @@ class Tracker:
         ids: dict[int, int] = {d: self._tracks[t].id for t, d in pairs}
         held_ids = tuple(self._tracks[i].id for i in held)
         for d in range(len(boxes)):
-            if d not in matched_d:
+            # A weak detection that continues nothing starts nothing: it could never be shown or held (it has
+            # no detection at sight), and the blobs around every face would fill the tracker.
+            if d not in matched_d and scores[d] >= sight:
                 ids[d] = self._start(boxes[d], now, float(scores[d]), sight).id
         self._enforce_limit()
         order = sorted(shown)
@@ -225,12 +243,13 @@ class Tracker:
     # ------------------------------------------------------------------------------------------ internals
 
     def _associate(
-        self, predicted: FloatArray, boxes: FloatArray, detections: npt.NDArray[np.intp], tracks: list[int]
+        self, table: npt.NDArray[np.float64], detections: npt.NDArray[np.intp], taken: set[int]
     ) -> list[tuple[int, int]]:
-        """Match a subset of detections to a subset of tracks; indices come back in the full lists."""
+        """Match one round's detections to the tracks no earlier round took; indices in the full lists."""
+        tracks = [t for t in range(table.shape[0]) if t not in taken]
         if not tracks or len(detections) == 0:
             return []
-        found = match(predicted[tracks], boxes[detections], self.cfg.match_iou, self.cfg.max_gate_px)
+        found = greedy(table[np.ix_(np.asarray(tracks, np.intp), detections)])
         return [(tracks[t], int(detections[d])) for t, d in found]
 
     def _continues(self, track: Track, now: float, score: float) -> bool:
