@@ -229,9 +229,7 @@ class Tracker:
         ids: dict[int, int] = {d: self._tracks[t].id for t, d in pairs}
         held_ids = tuple(self._tracks[i].id for i in held)
         for d in range(len(boxes)):
-            # A weak detection that continues nothing starts nothing: it could never be shown or held (it has
-            # no detection at sight), and the blobs around every face would fill the tracker.
-            if d not in matched_d and scores[d] >= sight:
+            if d not in matched_d:
                 ids[d] = self._start(boxes[d], now, float(scores[d]), sight).id
         self._enforce_limit()
         order = sorted(shown)
