@@ -94,6 +94,17 @@ def test_more_faces_than_max_faces_fail_the_frame_closed(shared_data: Path, mode
     assert stats["fail_closed_too_many_faces"] == 1 and stats["fail_closed"] == 1
 
 
+def test_the_cap_counts_faces_at_sight_and_drops_only_weak_ones() -> None:
+    """Weak detections (below sight) beyond the cap are left out, since they could only extend held faces;
+    faces at sight beyond it fail the frame (`TooManyFaces`), since leaving one out would leak it."""
+    from edge_mask.detect.base import TooManyFaces, cap_faces
+
+    assert cap_faces(np.array([0.9, 0.8, 0.2, 0.15], np.float32), max_faces=3, sight=0.25) == 3
+    assert cap_faces(np.array([0.9], np.float32), max_faces=3, sight=0.25) == 1
+    with pytest.raises(TooManyFaces):
+        cap_faces(np.array([0.9, 0.8, 0.7, 0.3], np.float32), max_faces=3, sight=0.25)
+
+
 class CentreFace:
     """A `Detector` double: one face in the middle of whatever it is shown (a whole frame or a tile)."""
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+
 from edge_mask.config import ModelsConfig, OnnxDetectorConfig, OpenCVYuNetDetectorConfig
 from edge_mask.core.registry import Registry
-from edge_mask.core.types import Detections, Image
+from edge_mask.core.types import Detections, FloatArray, Image
 
 
 class Detector(Protocol):
@@ -30,10 +32,21 @@ class TooManyFaces(Exception):
         self.max_faces = max_faces
 
 
-def check_face_count(count: int, max_faces: int) -> None:
-    """Raise TooManyFaces when `count` (after suppression, searched up to max_faces + 1) exceeds the cap."""
+def cap_faces(scores: FloatArray, max_faces: int, sight: float) -> int:
+    """How many of these faces (after suppression, best first, searched up to max_faces + 1) to keep.
+
+    Faces scoring `sight` or more count against `max_faces`: more raise TooManyFaces. Below it, the weakest
+    beyond `max_faces` in all are left out; they could only extend faces the tracker already holds.
+    """
+    count = int(np.count_nonzero(scores >= sight))
     if count > max_faces:
         raise TooManyFaces(count, max_faces)
+    return min(len(scores), max_faces)
+
+
+def detection_floor(settings: OnnxDetectorConfig | OpenCVYuNetDetectorConfig) -> float:
+    """The lowest score a backend reports: the weak-detection floor, or the threshold if that is lower."""
+    return min(settings.threshold, settings.weak_threshold)
 
 
 DETECTORS: Registry[Detector] = Registry("detector")

@@ -35,7 +35,7 @@ from typing import Any
 from edge_mask.config import OnnxDetectorConfig
 from edge_mask.core.types import Detections, Image
 from edge_mask.detect.agreement import PARITY_IOU, REQUIRED_AGREEMENT, frame_agreement, margin_at, share
-from edge_mask.detect.base import Detector
+from edge_mask.detect.base import Detector, detection_floor
 from edge_mask.detect.precision import Timing, timing
 from edge_mask.detect.verdict import ParityVerdict, load_verdict, save_verdict, setup_key, utc_now
 
@@ -327,7 +327,7 @@ def build_watch(
 ) -> ParityWatch:
     """The watch for `precision = "auto"`: both models built by `make(path, threshold, label)` at the floor
     the comparison needs, the speed verdict, and the last parity verdict for this exact setup."""
-    floor = min(settings.threshold - margin_at(settings.threshold), settings.weak_threshold)
+    floor = min(settings.threshold - margin_at(settings.threshold), detection_floor(settings))
     key = setup_key(int8_path, fp32_path, settings.threads, settings.providers)
     speed = timing(int8_path, fp32_path, settings.threads, settings.providers)
     cache = int8_path.parent
@@ -338,5 +338,5 @@ def build_watch(
         fp32.close()
         raise
     watch = WatchSettings(settings.threshold, settings.parity_every, settings.parity_faces, settings.parity_frames,
-                          floor=min(settings.threshold, settings.weak_threshold))
+                          floor=detection_floor(settings))
     return ParityWatch(fp32, int8, watch, speed, load_verdict(cache, key), lambda v: save_verdict(cache, key, v))

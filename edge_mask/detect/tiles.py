@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_mask.core.boxes import nms
 from edge_mask.core.types import Detections, Image
-from edge_mask.detect.base import Detector, check_face_count
+from edge_mask.detect.base import Detector, cap_faces
 
 OVERLAP = 0.25
 
@@ -88,8 +88,7 @@ class TiledDetector:
         if len(scores) == 0:
             return whole
         keep = nms(boxes, scores, self.nms_iou, self.max_faces + 1)
-        check_face_count(int(np.count_nonzero(scores[keep] >= self.sight)), self.max_faces)
-        keep = keep[: self.max_faces]
+        keep = keep[: cap_faces(scores[keep], self.max_faces, self.sight)]
         return Detections(boxes[keep], scores[keep], landmarks[keep])
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from edge_mask.config import ModelsConfig, OnnxDetectorConfig, OpenCVYuNetDetect
 from edge_mask.core.boxes import nms
 from edge_mask.core.errors import ModelError
 from edge_mask.core.types import Detections, FloatArray, Image
-from edge_mask.detect.base import DETECTORS, Detector, check_face_count
+from edge_mask.detect.base import DETECTORS, Detector, cap_faces, detection_floor
 from edge_mask.detect.runtime import fixed_input_size, open_session
 
 log = logging.getLogger(__name__)
@@ -190,15 +190,13 @@ def postprocess(
 ) -> Detections:
     """Decode, suppress duplicates, map back to frame pixels and clip boxes to the frame.
 
-    Faces scoring `sight` or more count against `max_faces` (more fail the frame closed); below it, the
-    weakest beyond `max_faces` in all are left out (they would only extend held faces).
+    At most `max_faces` come back, and more at `sight` or above fail the frame closed (`base.cap_faces`).
     """
     boxes, scores, kps = decode(outputs, box.width, box.height, threshold)
     if len(scores) == 0:
         return Detections.empty()
     keep = nms(boxes, scores, nms_iou, max_faces + 1)
-    check_face_count(int(np.count_nonzero(scores[keep] >= sight)), max_faces)
-    keep = keep[:max_faces]
+    keep = keep[: cap_faces(scores[keep], max_faces, sight)]
     boxes, scores, kps = boxes[keep] / box.scale, scores[keep], kps[keep] / box.scale
     limit = np.array([frame_width, frame_height, frame_width, frame_height], np.float32)
     boxes = np.clip(boxes, 0.0, limit)
@@ -273,11 +271,6 @@ def _onnx_factory(settings: OnnxDetectorConfig, models: ModelsConfig) -> Detecto
     return make(path, detection_floor(settings), precision_of(path, models))
 
 
-def detection_floor(settings: OnnxDetectorConfig | OpenCVYuNetDetectorConfig) -> float:
-    """The lowest score a backend reports: the weak-detection floor, or the threshold if that is lower."""
-    return min(settings.threshold, settings.weak_threshold)
-
-
 # ----------------------------------------------------------------------------------------------- OpenCV
 
 
@@ -314,8 +307,7 @@ class OpenCVYuNet:
             return Detections.empty()
         faces = np.asarray(faces, np.float32)
         faces = faces[np.argsort(-faces[:, 14], kind="stable")]
-        check_face_count(int(np.count_nonzero(faces[:, 14] >= self._sight)), self._max_faces)
-        faces = faces[: self._max_faces]
+        faces = faces[: cap_faces(faces[:, 14], self._max_faces, self._sight)]
         xy, wh = faces[:, 0:2], np.maximum(faces[:, 2:4], 0.0)
         limit = np.array([width, height, width, height], np.float32)
         boxes: FloatArray = np.clip(np.concatenate([xy, xy + wh], axis=1) / box.scale, 0.0, limit).astype(np.float32)

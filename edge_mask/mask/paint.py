@@ -30,15 +30,10 @@ class Painter:
         self._rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
         self._style = STYLES.create_named(cfg.style, cfg, Noise(cfg.noise, self._rng))
 
-    def regions(self, faces: FloatArray, width: int, height: int, landmarks: FloatArray | None = None) -> FloatArray:
-        """The head rectangles (x1, y1, x2, y2) actually painted for these face boxes."""
-        out = [bounds(head, width, height) for head in shapes_for(faces, self.cfg.padding, landmarks)]
-        return np.array(out, np.float32).reshape(-1, 4)
-
     def paint(self, image: Image, faces: FloatArray, landmarks: FloatArray | None = None) -> FloatArray:
         """Mask the head of every face box (N, 4) in `image`, in place; `landmarks` (M, 5, 2) belong to the
         first M boxes (faces seen this frame) and turn their heads with the face (`geometry.head_shape`).
-        Returns the painted rectangles, as `regions` does."""
+        Returns the painted head rectangles (x1, y1, x2, y2), clipped to the frame."""
         boxes = np.asarray(faces, np.float32).reshape(-1, 4)
         height, width = image.shape[:2]
         out = []

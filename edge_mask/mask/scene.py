@@ -27,7 +27,6 @@ class CutDetector:
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
         self._previous: npt.NDArray[np.float32] | None = None
-        self.cuts = 0
 
     def __call__(self, image: Image) -> bool:
         if self.threshold <= 0:
@@ -41,9 +40,7 @@ class CutDetector:
         previous, self._previous = self._previous, thumb
         if previous is None:
             return False
-        cut = float(np.abs(thumb - previous).mean()) > self.threshold
-        self.cuts += int(cut)
-        return cut
+        return float(np.abs(thumb - previous).mean()) > self.threshold
 
     def reset(self) -> None:
         self._previous = None
