@@ -27,9 +27,35 @@ def iou_matrix(a: Any, b: Any) -> npt.NDArray[np.float32]:
     return result
 
 
+PAIRWISE_UP_TO = 1024
+"""Candidates up to which NMS computes every pair's IoU at once (4 MB at most) instead of one row per kept box."""
+
+
 def nms(boxes: Any, scores: Any, iou_threshold: float, max_keep: int) -> npt.NDArray[np.intp]:
-    """Greedy non-maximum suppression: indices of kept boxes, best score first, at most `max_keep`."""
-    order = np.argsort(-scores, kind="stable")
+    """Greedy non-maximum suppression: indices of kept boxes, best score first, at most `max_keep`.
+
+    A detector at a low floor hands over dozens of candidates a frame (66 on average on the press clip at
+    0.1), most of them neighbours of a few faces; one IoU table for all pairs, then a plain walk down the
+    scores, costs a fifth of one IoU row per kept box. Both give the same boxes.
+    """
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    if order.size > PAIRWISE_UP_TO:
+        return _nms_by_rows(boxes, order, iou_threshold, max_keep)
+    ranked = np.asarray(boxes)[order]
+    overlaps = iou_matrix(ranked, ranked) > iou_threshold
+    suppressed = np.zeros(order.size, bool)
+    keep: list[int] = []
+    for rank in range(order.size):
+        if suppressed[rank]:
+            continue
+        keep.append(rank)
+        if len(keep) >= max_keep:
+            break
+        suppressed |= overlaps[rank]
+    return np.asarray(order[np.asarray(keep, dtype=np.intp)], dtype=np.intp)
+
+
+def _nms_by_rows(boxes: Any, order: npt.NDArray[np.intp], iou_threshold: float, max_keep: int) -> npt.NDArray[np.intp]:
     keep: list[int] = []
     while order.size and len(keep) < max_keep:
         best = int(order[0])
