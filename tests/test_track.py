@@ -9,7 +9,7 @@ import pytest
 from edge_mask.config import MaskConfig, TrackerConfig
 from edge_mask.core.boxes import iou_matrix as box_iou
 from edge_mask.mask.paint import head_regions
-from edge_mask.mask.track import MAX_COAST_SHIFT, Tracker, grow, match
+from edge_mask.mask.track import CUT_GRACE_S, MAX_COAST_SHIFT, Tracker, greedy, grow, pair_scores
 
 FULL_HOLD_HITS = TrackerConfig().hold_hits
 
@@ -163,14 +163,67 @@ def test_a_large_box_cannot_capture_a_far_detection() -> None:
     result = tracker.update(far_small, last + 1 / FPS, np.array([0.9], np.float32))
     assert result.held == 1, "the big face is held separately"
     assert len(tracker) == 2
-    assert match(big, far_small, 0.1, cfg.max_gate_px) == []
+    assert greedy(pair_scores(big, far_small, 0.1, cfg.max_gate_px)) == []
 
 
 def test_a_scene_cut_clears_held_tracks() -> None:
+    """A real cut: the old shot's face is gone; its mask stays at most `CUT_GRACE_S`, then nothing is held."""
     tracker = Tracker(TrackerConfig())
     last = seen_for(tracker, boxes((100, 100, 160, 170)), 10)
-    result = tracker.update(boxes((400, 50, 450, 110)), last + 1 / FPS, np.array([0.9], np.float32), cut=True)
-    assert result.held == 0 and result.detected == 1 and len(tracker) == 1
+    other = boxes((400, 50, 450, 110))
+    strong = np.array([0.9], np.float32)
+    cut_at = last + 1 / FPS
+    result = tracker.update(other, cut_at, strong, cut=True)
+    assert result.detected == 1
+    held_after = [cut_at]
+    for i in range(1, 30):
+        now = cut_at + i / FPS
+        if tracker.update(other, now, strong).held:
+            held_after.append(now)
+    assert max(held_after) - cut_at <= CUT_GRACE_S + 1e-6, "the old shot's face was let go"
+    assert len(tracker) == 1, "only the new shot's face is tracked"
+
+
+def test_a_false_cut_keeps_a_dim_face_masked() -> None:
+    """A cut detected in error (the room's light switched on) must not unmask a face the detector keeps
+    seeing, even weakly: its weak detections still continue the held track after the cut."""
+    cfg = TrackerConfig()
+    tracker = Tracker(cfg)
+    face = boxes((100, 100, 160, 170))
+    last = seen_for(tracker, face, 10)
+    dim = np.array([cfg.refresh_score + 0.02], np.float32)
+    for i in range(1, 40):
+        result = tracker.update(face, last + i / FPS, dim, cut=(i == 1), sight=0.25)
+        assert len(result.regions) >= 1 and covers(result.regions[0], face[0]), f"frame {i} after the cut"
+
+
+def test_a_weak_blob_beside_a_missed_face_does_not_take_its_track() -> None:
+    """A hand at 0.12 next to a face the detector missed: the face stays painted (its coasting box), the
+    blob is not masked (weak, and not where the face is)."""
+    tracker = Tracker(TrackerConfig())
+    face = boxes((100, 100, 160, 170))
+    last = seen_for(tracker, face, 10)
+    for i in range(1, 6):
+        result = tracker.update(boxes((150, 130, 190, 170)), last + i / FPS, np.array([0.12], np.float32),
+                                sight=0.25)
+        assert result.held == 1 and covers(result.regions[-1], face[0]), f"frame {i}: the face leaks"
+        assert result.masked_detections == ()
+
+
+def test_weak_blobs_never_push_a_held_face_out_of_the_track_limit() -> None:
+    tracker = Tracker(TrackerConfig(max_tracks=4))
+    face = boxes((100, 100, 160, 170))
+    last = seen_for(tracker, face, 10)
+    for i in range(1, 10):
+        blobs = boxes(*[(300 + 60 * k + i, 300, 340 + 60 * k + i, 340) for k in range(4)])
+        result = tracker.update(blobs, last + i / FPS, np.full(4, 0.15, np.float32), sight=0.25)
+        assert result.held == 1 and covers(result.regions[-1], face[0]), f"frame {i}: the held face was evicted"
+
+
+def test_with_hold_hits_one_a_confident_face_is_held_the_full_hold() -> None:
+    tracker = Tracker(TrackerConfig(hold_hits=1, hold_s=1.0))
+    tracker.update(boxes((100, 100, 160, 170)), 0.0, np.array([0.9], np.float32))
+    assert tracker.hold_of(tracker._tracks[0]) == pytest.approx(1.0)
 
 
 def test_the_default_hold_is_at_least_half_a_second() -> None:
@@ -264,5 +317,5 @@ def test_geometry_helpers() -> None:
     assert box_iou(a, b)[0].tolist() == pytest.approx([1 / 3, 0.0])
     assert box_iou(a, boxes()).shape == (1, 0)
     assert grow(a, np.array([2.0], np.float32))[0].tolist() == [-5, -5, 15, 15]
-    assert match(a, b, 0.1) == [(0, 0)]
-    assert match(boxes(), b, 0.1) == []
+    assert greedy(pair_scores(a, b, 0.1)) == [(0, 0)]
+    assert greedy(pair_scores(boxes(), b, 0.1)) == []

@@ -22,7 +22,10 @@ for how long, in the spirit of ByteTrack's two thresholds:
   sizes); it grows by `grow_per_s` of its size per second, never past `max_grow`.
 * Gates are bounded in face sizes, in pixels (`max_gate_px`) and in size ratio, so a large box cannot capture
   detections across the frame.
-* A hard scene cut (`cut=True`, see `scene.py`) ends the tracks of the old shot.
+* A hard scene cut (`cut=True`, see `scene.py`) ends the holds of the old shot after `CUT_GRACE_S`, unless
+  a detection in the new shot continues them (a false cut changes nothing for a face still in view).
+* Detections below sight continue a track only where they overlap its predicted box (`WEAK_MATCH_IOU`);
+  with tracks over `max_tracks`, tentative ones are forgotten before held ones.
 
 Time comes from the frame's `monotonic` stamp, never from the wall clock here, so batch video uses video
 time and tests use synthetic stamps.
@@ -53,6 +56,14 @@ MAX_SPEED = 10.0
 """Cap on predicted motion, in face sizes per second, so one bad match cannot throw a mask across the frame."""
 MAX_COAST_SHIFT = 0.25
 """A coasting box moves at most this many face sizes away from where the face was last seen."""
+WEAK_MATCH_IOU = 0.3
+"""A detection below sight continues a track only when it overlaps the track's predicted box this much: the
+centre gate would let a weak blob beside a missed face (a hand at 0.12) take that face's track, and the face
+would go unpainted while the blob is masked in its place."""
+CUT_GRACE_S = 0.1
+"""After a scene cut the old shot's held faces stay masked this long (3 frames at 30 fps) unless a detection
+continues them: a false cut (a light switched on, an exposure jump) must not unmask a face the detector
+misses on that frame, and a real cut costs a few frames of old masks."""
 NEVER = -1.0e18
 
 
@@ -72,6 +83,9 @@ class Track:
     last_strong: float = NEVER
     """When it was last detected at sight (or refreshed while held): the hold counts from here."""
     strong_at: deque[float] = field(default_factory=deque)
+    cut_at: float = NEVER
+    """When the last scene cut came while this track existed: from then on it is held only `CUT_GRACE_S`
+    unless detected again at sight (or refreshed)."""
 
     @property
     def size(self) -> float:
@@ -98,11 +112,15 @@ class TrackResult:
     """
 
     regions: FloatArray
-    detected: int
     held: int
     track_ids: tuple[int, ...] = field(default=())
     masked_detections: tuple[int, ...] = field(default=())
     """Indices (into this frame's detections) of the detections in `regions`, in order."""
+
+    @property
+    def detected(self) -> int:
+        """Detections masked in this frame (weak ones that extend no held face are not)."""
+        return len(self.masked_detections)
 
 
 def grow(boxes: FloatArray, factor: npt.NDArray[np.float32]) -> FloatArray:
@@ -156,13 +174,6 @@ def greedy(scores: npt.NDArray[np.float64]) -> list[tuple[int, int]]:
     return pairs
 
 
-def match(
-    predicted: FloatArray, detected: FloatArray, min_iou: float, max_gate_px: float = float("inf")
-) -> list[tuple[int, int]]:
-    """Greedy one-to-one (track, detection) pairs, best first (`pair_scores` says which pairs qualify)."""
-    return greedy(pair_scores(predicted, detected, min_iou, max_gate_px))
-
-
 class Tracker:
     """Holds, predicts and (within a cap) grows face boxes between detections (see module docstring)."""
 
@@ -182,13 +193,18 @@ class Tracker:
         """How long a held track stays masked after its last strong detection: `min_hold_s` with one
         confident detection (or none), up to `hold_s` with `hold_hits` of them."""
         cfg = self.cfg
-        share = min(1.0, max(track.confident_hits - 1, 0) / max(cfg.hold_hits - 1, 1))
+        if cfg.hold_hits <= 1:
+            share = 1.0 if track.confident_hits >= 1 else 0.0
+        else:
+            share = min(1.0, max(track.confident_hits - 1, 0) / (cfg.hold_hits - 1))
         shortest = min(cfg.min_hold_s, cfg.hold_s)
         return shortest + (cfg.hold_s - shortest) * share
 
     def holding(self, track: Track, now: float) -> bool:
         """Whether the track is within its hold: missed, it is still masked; matched weakly, it is shown."""
-        return track.confirmed and now - track.last_strong <= self.hold_of(track)
+        if not track.confirmed or now - track.last_strong > self.hold_of(track):
+            return False
+        return track.last_strong >= track.cut_at or now - track.cut_at <= CUT_GRACE_S
 
     def update(
         self,
@@ -204,8 +220,10 @@ class Tracker:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         scores = np.ones(len(boxes), np.float32) if scores is None else np.asarray(scores, np.float32).reshape(-1)
         if cut and self._tracks:
-            log.debug("scene cut: %d tracks of the old shot ended", len(self._tracks))
-            self._tracks = []
+            log.debug("scene cut: the holds of %d tracks of the old shot end in %.2f s", len(self._tracks),
+                      CUT_GRACE_S)
+            for track in self._tracks:
+                track.cut_at = now
         self._tracks = [t for t in self._tracks
                         if self.holding(t, now) or now - t.last_seen <= self.cfg.confirm_window_s]
         predicted = (
@@ -214,7 +232,10 @@ class Tracker:
         pairs: list[tuple[int, int]] = []
         start = self.cfg.start_score
         table = pair_scores(predicted, boxes, self.cfg.match_iou, self.cfg.max_gate_px)
-        for chosen in (scores >= start, (scores < start) & (scores >= sight), scores < sight):
+        weak = scores < sight
+        if weak.any():
+            table[:, weak] = np.where(iou_matrix(predicted, boxes[weak]) >= WEAK_MATCH_IOU, table[:, weak], -np.inf)
+        for chosen in (scores >= start, (scores < start) & ~weak, weak):
             pairs += self._associate(table, np.flatnonzero(chosen), {t for t, _ in pairs})
         shown = {d for d in range(len(boxes)) if scores[d] >= sight}
         for t, d in pairs:
@@ -235,7 +256,7 @@ class Tracker:
         order = sorted(shown)
         track_ids = tuple(ids[d] for d in order) + held_ids
         regions = np.concatenate([boxes[order], held_regions], axis=0)
-        return TrackResult(regions.astype(np.float32), detected=len(order), held=len(held_regions),
+        return TrackResult(regions.astype(np.float32), held=len(held_regions),
                            track_ids=track_ids, masked_detections=tuple(order))
 
     # ------------------------------------------------------------------------------------------ internals
@@ -301,10 +322,11 @@ class Tracker:
         return grow(predicted[held], factor)
 
     def _enforce_limit(self) -> None:
-        """Keep at most `max_tracks`, forgetting the longest-unseen ones first (bounded memory and time)."""
+        """Keep at most `max_tracks` (bounded memory and time): tentative tracks go before held ones, each
+        kind longest-unseen first, so a burst of weak blobs cannot push a held face out."""
         extra = len(self._tracks) - self.cfg.max_tracks
         if extra > 0:
-            self._tracks.sort(key=lambda t: t.last_seen, reverse=True)
+            self._tracks.sort(key=lambda t: (t.confirmed, t.last_seen), reverse=True)
             log.warning("tracker: %d tracks over the limit of %d forgotten", extra, self.cfg.max_tracks)
             del self._tracks[self.cfg.max_tracks :]
 
