@@ -275,3 +275,8 @@ def test_the_smallest_face_found_follows_the_detection_scale() -> None:
     assert coverage_line(tiled, 1920, 1080).startswith("faces from about 10 px")
     assert "found once every 6 frames and held in between" in coverage_line(tiled, 1600, 898)  # one tile a frame
     assert "on every frame" in coverage_line(OnnxDetectorConfig(tiles=True, tiles_per_frame=0), 1600, 898)
+    # a portrait camera without tiles is detected at full size; no word of tiles it does not use
+    assert coverage_line(plain, 480, 854) == "faces from about 10 px wide are found in 480x854 frames (full resolution)"
+    # the OpenCV backend has no tiles: its advice must not name a key its config rejects
+    ocv = coverage_line(OpenCVYuNetDetectorConfig(), 1920, 1080)
+    assert "detector.tiles = true" not in ocv and "detector.type = 'onnx'" in ocv

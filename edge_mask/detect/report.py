@@ -35,17 +35,20 @@ def smallest_face_px(settings: OnnxDetectorConfig | OpenCVYuNetDetectorConfig, f
 def coverage_line(settings: OnnxDetectorConfig | OpenCVYuNetDetectorConfig, width: int, height: int) -> str:
     """One line for `edge-mask doctor`: the smallest face found in this camera's frames, and how to go lower."""
     smallest = smallest_face_px(settings, width)
+    tiles = bool(getattr(settings, "tiles", False))
     if smallest <= MIN_FACE_PX:
         how = "full resolution"
         count, frames = scan_frames(width, height, settings.detect_width, int(getattr(settings, "tiles_per_frame", 0)))
-        if count:
+        if tiles and count:
             how = f"full resolution: detector.tiles, {count} tiles " + (
                 f"in turn, so a face that small is found once every {frames} frames and held in between"
                 if frames > 1 else "on every frame")
         return f"faces from about {smallest} px wide are found in {width}x{height} frames ({how})"
+    how = ("raise detector.detect_width or set detector.tiles = true" if isinstance(settings, OnnxDetectorConfig)
+           else "raise detector.detect_width (tiles need the onnx detector: detector.type = 'onnx')")
     return (f"faces narrower than about {smallest} px are missed in {width}x{height} frames (scaled to "
-            f"{settings.detect_width} px wide for detection); for distant faces raise detector.detect_width "
-            "or set detector.tiles = true, at the cost of more detection time per frame")
+            f"{settings.detect_width} px wide for detection); for distant faces {how}, at the cost of more "
+            "detection time per frame")
 
 
 def detector_stats(detector: object) -> dict[str, Any]:
