@@ -271,3 +271,33 @@ def test_the_waker_ends_the_uplinks_wait_and_loop_once_needs_a_connection() -> N
     waker.close()
     assert waker.closed
     waker.wake()  # after close: ignored, no error
+
+
+def test_a_wake_publishes_at_once_and_a_restarted_uplink_has_a_waker_of_its_own(
+    mosquitto_broker: Broker, subscriber: Subscriber, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """With the uplink's poll stretched to a minute, a spooled frame still leaves at once when the pipeline
+    wakes the uplink; after a stop and a start the new run wakes on a fresh socket pair (the old run closed
+    its own), so frames keep flowing."""
+    import edge_mask.uplink.mqtt_uplink as uplink_module
+
+    monkeypatch.setattr(uplink_module, "_LOOP_TIMEOUT_S", 60.0)
+    spool = open_spool(SpoolConfig(path=tmp_path / "spool"))
+    uplink = uplink_for(mosquitto_broker, spool)
+    sent = blobs(2)
+    first_waker = None
+    try:
+        for run, blob in enumerate(sent):
+            uplink.start()
+            assert uplink.wait_connected(10), mosquitto_broker.log()
+            time.sleep(0.3)  # the uplink is now waiting in select() with nothing to send
+            if run == 0:
+                first_waker = uplink._waker
+            spool.put(blob)  # type: ignore[arg-type]
+            uplink.wake()
+            assert wait_for(lambda: spool.stats().pending == 0, 10), (run, uplink.stats())
+            uplink.stop()
+    finally:
+        uplink.stop()
+        spool.close()
+    assert first_waker is not None and first_waker.closed and uplink._waker is not first_waker

@@ -1,8 +1,9 @@
 """What the uplink and the receiver share about talking to an MQTT broker.
 
-Both run their own network loop (`client.loop()` in one thread they own) instead of paho's
-`loop_start()`: paho's automatic reconnect waits a fixed exponential delay without jitter, so a fleet of
-cameras that lost the broker together would reconnect together (the jittered policy is
+Both run their own network loop in one thread they own (the receiver `client.loop()`, the uplink
+`loop_once`, which a `Waker` ends as soon as a frame is spooled) instead of paho's `loop_start()`: paho's
+automatic reconnect waits a fixed exponential delay without jitter, so a fleet of cameras that lost the
+broker together would reconnect together (the jittered policy is
 `edge_mask.core.backoff.Backoff`, shared with the capture loop); and owning the loop lets the uplink
 publish from the same thread that handles acknowledgements, with no cross-thread calls into paho.
 

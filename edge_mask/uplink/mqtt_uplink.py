@@ -89,7 +89,8 @@ class MqttUplink:
         self._out = Outstanding(cfg.ack_timeout_s)
         self._verdict = CloudVerdict(spool.directory)
         self._hold_until = 0.0
-        self._waker = Waker()
+        self._waker: Waker | None = None
+        """The running thread's wake-up socket pair: made by `start()`, closed by that thread as it ends."""
         self._session_up = False
         self._undelivered_logged = False
         self._counters = {
@@ -116,16 +117,16 @@ class MqttUplink:
         if self._thread is not None:
             raise RuntimeError("uplink already started")
         self._stop.clear()
-        if self._waker.closed:  # started again after a stop
-            self._waker = Waker()
-        self._thread = threading.Thread(target=self._run, name="edge-mask-uplink", daemon=True)
+        # A pair of its own for each run: a thread that outlived stop()'s join closes only its own.
+        self._waker = Waker()
+        self._thread = threading.Thread(target=self._run, args=(self._waker,), name="edge-mask-uplink", daemon=True)
         self._thread.start()
 
     def stop(self, clean: bool = True) -> None:
         """Stop the thread. Clean: publish `stopped` and disconnect; else drop the link so the LWT fires."""
         self._clean_stop = clean
         self._stop.set()
-        self._waker.wake()
+        self.wake()
         if self._thread is not None:
             self._thread.join(timeout=self.cfg.broker.connect_timeout_s + 3 * _STOP_GRACE_S + 5)
             self._thread = None
@@ -135,7 +136,9 @@ class MqttUplink:
 
     def wake(self) -> None:
         """New records are in the spool: publish them now instead of at the next poll (`_LOOP_TIMEOUT_S`)."""
-        self._waker.wake()
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
 
     def publish_stats(self, stats: dict[str, Any]) -> None:
         """Queue a stats message (merged with the uplink's own counters) for `{prefix}/stats`."""
@@ -152,7 +155,13 @@ class MqttUplink:
 
     # ------------------------------------------------------------------------------------ connections
 
-    def _run(self) -> None:
+    def _run(self, waker: Waker) -> None:
+        try:
+            self._connections(waker)
+        finally:
+            waker.close()
+
+    def _connections(self, waker: Waker) -> None:
         while not self._stop.is_set():
             client = make_client(
                 self.cfg.broker,
@@ -162,7 +171,7 @@ class MqttUplink:
             )
             if self._open(client):
                 self._backoff.reset()
-                self._serve(client)
+                self._serve(client, waker)
             self._close(client)
             if self._stop.is_set():
                 break
@@ -171,7 +180,6 @@ class MqttUplink:
             self._stop.wait(delay)
         if self._verdict.confirmed or self._verdict.refusal is not None:
             self._verdict.write()  # last_confirmed_at as of the stop, for doctor
-        self._waker.close()
 
     def _open(self, client: mqtt.Client) -> bool:
         """Connect and wait for a successful CONNACK; False (and counted) otherwise."""
@@ -244,7 +252,7 @@ class MqttUplink:
 
     # ---------------------------------------------------------------------------------------- sending
 
-    def _serve(self, client: mqtt.Client) -> None:
+    def _serve(self, client: mqtt.Client, waker: Waker) -> None:
         next_stats = time.monotonic() + self.cfg.stats_interval_s
         while not self._stop.is_set() and self._session_up:
             self._fill_window(client)
@@ -253,7 +261,7 @@ class MqttUplink:
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.cfg.stats_interval_s
                 self._send_stats(client, {})
-            if loop_once(client, self._waker, _LOOP_TIMEOUT_S) != mqtt.MQTT_ERR_SUCCESS:
+            if loop_once(client, waker, _LOOP_TIMEOUT_S) != mqtt.MQTT_ERR_SUCCESS:
                 break
         if self._stop.is_set() and self._session_up and self._clean_stop:
             # Give the frames already out a moment to be acknowledged (and confirmed), to spare duplicates.
