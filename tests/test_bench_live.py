@@ -43,6 +43,9 @@ def test_cpus_pins_the_process_and_rejects_what_cannot_be_pinned() -> None:
     try:
         pin("0")
         assert os.sched_getaffinity(0) == {0}
+        if len(before) >= 2 and {0, 1} <= before:
+            pin("0-1")
+            assert os.sched_getaffinity(0) == {0, 1}
         with pytest.raises(UserError, match="--cpus 9999"):
             pin("9999")
         with pytest.raises(UserError, match="--cpus zero"):

@@ -80,9 +80,14 @@ def test_collateral_sources_charge_each_pixel_to_the_most_excusable_region() -> 
     # regions 0 and 1 seen this frame, 2 and 3 held: the third is "held"; nothing is "false" but region 3
     # would be if it were a detection
     shares = collateral_sources(masked, needed, regions, 2, judge, scores)
-    assert shares == pytest.approx({"geometry": 50 / 800, "unsure": 100 / 800, "held": 150 / 800, "false": 0.0})
+    assert shares == pytest.approx({"geometry": 50 / 800, "unsure": 100 / 800, "held": 150 / 800, "false": 0.0,
+                                    "failed": 0.0})
     shares = collateral_sources(masked, needed, regions, 4, judge, scores)
     assert shares["false"] == pytest.approx(150 / 800) and shares["held"] == 0.0
+    # a frame that failed closed: its one whole-frame region has no landmarks, but it is not a held face
+    whole = np.ones_like(masked)
+    failed = collateral_sources(whole, needed, [[0, 0, 40, 20]], 0, judge, scores, failed=True)
+    assert failed["failed"] == pytest.approx(600 / 800) and failed["held"] == 0.0
     nothing = collateral_sources(masked, needed, np.zeros((0, 4)), 0, np.zeros((0, 4)), [])
     assert sum(nothing.values()) == 0.0
     # ellipses: a false detection's ellipse overlapping a sure face's rectangle keeps its own pixels
@@ -243,5 +248,5 @@ def test_report_section_and_plot(tmp_path: Path) -> None:
     assert text.index("## 5. Utility") < text.index("## Sections that did not run")
     assert "| eat.mkv | 2 | 2 | edge_mask | 30.0% | 0.0% | 10.0% | 0 | 0 |" in text
     assert "![eat.mkv: masked vs needed share](eval/utility_eat.png)" in text
-    assert "| eat.mkv | 0.00% | 0.00% | 0.00% | 0.00% | 10.00% |" in text  # where the collateral comes from
+    assert "| eat.mkv | 0.00% | 0.00% | 0.00% | 0.00% | 0.00% | 10.00% |" in text  # where the collateral comes from
     assert with_utility("# Evaluation\n", {}, {}) == "# Evaluation\n"

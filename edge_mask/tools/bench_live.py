@@ -199,10 +199,15 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def pin(cpus: str) -> None:
-    """Run this process (the whole service) on the CPUs in `cpus` ("0" or "0,1"), as `taskset -c` would: one
-    pinned core here stands in for a Raspberry Pi 5's four. The broker and the stand-in cloud move off them."""
+    """Run this process (the whole service) on the CPUs in `cpus` ("0", "0,1" or "0-3", as `taskset -c`
+    takes them): one pinned core here stands in for a Raspberry Pi 5's four. The broker and the stand-in
+    cloud move off them."""
     try:
-        wanted = {int(part) for part in cpus.split(",") if part.strip()}
+        wanted: set[int] = set()
+        for part in (p.strip() for p in cpus.split(",")):
+            first, _, last = part.partition("-")
+            if part:
+                wanted.update(range(int(first), int(last or first) + 1))
         os.sched_setaffinity(0, wanted)
     except (ValueError, OSError, AttributeError) as exc:
         raise UserError(f"--cpus {cpus}: not CPUs this machine can pin to ({exc}); "

