@@ -115,22 +115,14 @@ def _pose(landmarks: FloatArray, width: float) -> tuple[float, float] | None:
 
 
 def head_regions(faces: FloatArray, width: int, height: int, padding: float) -> FloatArray:
-    """Grow face boxes (N, 4) into upright head rectangles (N, 4), clipped to the frame.
+    """Upright head rectangles (N, 4) for face boxes (N, 4), clipped to the frame: the rectangle around the
+    head shape `head_shape` gives a box without landmarks (the same padding and forehead share).
 
     Empty regions (a box entirely outside the frame) come back with zero width or height.
     """
     faces = np.asarray(faces, np.float32).reshape(-1, 4)
-    w = faces[:, 2] - faces[:, 0]
-    h = faces[:, 3] - faces[:, 1]
-    out = np.stack(
-        [
-            faces[:, 0] - padding * w,
-            faces[:, 1] - (padding + EXTRA_UP) * h,
-            faces[:, 2] + padding * w,
-            faces[:, 3] + (padding + EXTRA_DOWN) * h,
-        ],
-        axis=1,
-    )
+    heads = [head_shape(box, padding) for box in faces]
+    out = np.array([[h.cx - h.a, h.cy - h.b, h.cx + h.a, h.cy + h.b] for h in heads], np.float32).reshape(-1, 4)
     limit = np.array([width, height, width, height], np.float32)
     clipped: FloatArray = np.clip(out, 0.0, limit).astype(np.float32)
     return clipped
