@@ -19,7 +19,6 @@ error in any stage stops the others and is raised in the caller's thread, where 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import TypeVar
 
 from edge_mask.capture import MediaError, VideoReader
 from edge_mask.config import MaskerConfig
+from edge_mask.core.stats import usable_cpus
 from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
 from edge_mask.detect import Detector, create_detector, resolve_model
 from edge_mask.mask import FaceMasker, Masker, build_masker
@@ -144,7 +144,7 @@ def plan_workers(cpus: int | None = None) -> tuple[int, int]:
     then to threads. The config's `detector.threads` is the live service's setting and is not used here.
     """
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = usable_cpus()
     cpus = max(1, cpus)
     workers = min(cpus, MAX_WORKERS)
     return workers, max(1, cpus // workers)

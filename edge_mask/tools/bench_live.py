@@ -27,7 +27,7 @@ from typing import Any
 
 from edge_mask.config import BrokerConfig, EdgeConfig, validate_config
 from edge_mask.core.errors import UserError
-from edge_mask.core.stats import percentile
+from edge_mask.core.stats import percentile, usable_cpus
 from edge_mask.provision.enroll import mosquitto_path
 from edge_mask.tools.broker import Mosquitto
 from edge_mask.tools.uplink_bench import AckerProcess
@@ -144,7 +144,7 @@ def _measure(service: Any, seconds: float, warmup_s: float, cfg: EdgeConfig) -> 
         "latency_capture_to_spooled_p50_ms": _ms(percentile(spooled, 50)),
         "latency_capture_to_spooled_p99_ms": _ms(percentile(spooled, 99)),
         "cpu_percent_of_one_core": round(100.0 * (end["cpu"] - start["cpu"]) / wall, 1) if wall else 0.0,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": usable_cpus(),
         "machine_cores": os.cpu_count(),
         "window_wall": (start["time"], end["time"]),
     }

@@ -23,6 +23,7 @@ from typing import Any
 
 from edge_mask.capture import VideoReader
 from edge_mask.core.errors import UserError
+from edge_mask.core.stats import usable_cpus
 from edge_mask.tools.evaluation.metrics import ratio_stats
 
 try:
@@ -105,7 +106,7 @@ def run_compare(
         raise UserError("--rounds must be at least 1")
     frames = count_frames(clip)
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cpus()
     prefix, thread_env = pinning(cores)
     env = {**os.environ, **thread_env, **(env or {})}
     deface = deface_command()

@@ -21,6 +21,7 @@ from typing import Any
 
 from edge_mask.config import EdgeConfig
 from edge_mask.core.errors import UserError
+from edge_mask.core.stats import usable_cpus
 from edge_mask.tools.evaluation import plots
 from edge_mask.tools.evaluation.collateral import SOURCES
 from edge_mask.tools.evaluation.render import render_markdown
@@ -67,7 +68,7 @@ def machine() -> dict[str, Any]:
             continue
     return {
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": usable_cpus(),
         "memory_gib": memory,
         "os": platform.platform(),
         "python": platform.python_version(),
