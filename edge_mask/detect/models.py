@@ -169,9 +169,13 @@ def check_cached(entry: ModelEntry, models: ModelsConfig, manifest: Manifest | N
         source = manifest.models.get(entry.fp32)
         if source is not None and report.get("source_sha256") != source.sha256:
             return False, f"parity report was made from another source than {entry.fp32}"
+    parity = report.get("parity", {})
+    if "tflite_sha256" in report:  # a landmark model converted from TFLite (tools/landmark_models.py)
+        if not parity.get("passed"):
+            return False, "failed its parity check against the TFLite original"
+        return True, f"ok (TFLite parity: max {parity.get('max_landmark_diff_px', float('nan')):.1e} px)"
     if not report.get("passed"):
         return False, "failed its parity check against fp32"
-    parity = report.get("parity", {})
     return True, f"ok (parity recall {parity.get('recall', float('nan')):.4f}, {report.get('format')})"
 
 
@@ -219,6 +223,12 @@ def _atomic_fill(dest: Path, chunks: Iterable[bytes], limit: int) -> tuple[Path,
         tmp.unlink(missing_ok=True)
         raise
     return tmp, digest.hexdigest(), size
+
+
+def write_atomic(dest: Path, data: bytes) -> None:
+    """Write `data` to `dest` so that a power cut leaves the old file or the new one, never half of one."""
+    tmp, _, _ = _atomic_fill(dest, [data], len(data))
+    commit_file(tmp, dest)
 
 
 def commit_file(tmp: Path, dest: Path) -> None:
