@@ -253,7 +253,7 @@ def utility_markdown(utility: dict[str, Any], figures: dict[str, str]) -> list[s
                 "collateral.py`): *geometry*, the mask of a face the judge finds reaching past its head ellipse; "
                 "*unsure*, a face the judge scores 0.2-0.5 (mostly real faces in the dark, turned or cut by the "
                 "edge); *held*, a face kept from earlier frames; *false*, a detection with no judge detection "
-                "at all.", ""]
+                "at all; *failed*, the whole of a frame that failed closed.", ""]
         src_rows = [[clip["name"], *(f"{100 * clip['collateral_sources'][k]:.2f}%" for k in SOURCES),
                      f"{100 * clip['maskers']['edge_mask']['collateral']:.2f}%"]
                     for clip in [*utility["clips"], {**t, "name": "**total**"}] if "collateral_sources" in clip]
