@@ -251,6 +251,8 @@ def test_cli_list_verify_fetch(tmp_path: Path, shared_dir: Path, capsys: pytest.
     assert "yunet-fp32: sha256 mismatch" in capsys.readouterr().out
     assert main(["models", "--cache", str(cache), "fetch", "yunet-int8"]) == 2
     assert "built on this machine; run 'edge-mask models quantize'" in capsys.readouterr().err
+    assert main(["models", "--cache", str(cache), "fetch", "face-landmark"]) == 2
+    assert "built on this machine; run 'edge-mask models landmarks'" in capsys.readouterr().err
 
 
 def test_cli_quantize_small(tmp_path: Path, model_cache: ModelsConfig, shared_data: Path,

@@ -225,6 +225,12 @@ def _atomic_fill(dest: Path, chunks: Iterable[bytes], limit: int) -> tuple[Path,
     return tmp, digest.hexdigest(), size
 
 
+def build_action(entry: ModelEntry) -> str:
+    """The `edge-mask models` action that builds a `built` model: int8 models are quantized, the landmark
+    models converted from TFLite."""
+    return "quantize" if entry.precision == "int8" else "landmarks"
+
+
 def write_atomic(dest: Path, data: bytes) -> None:
     """Write `data` to `dest` so that a power cut leaves the old file or the new one, never half of one."""
     tmp, _, _ = _atomic_fill(dest, [data], len(data))
@@ -270,7 +276,7 @@ def fetch(
     it failed, on one line.
     """
     if entry.built or entry.sha256 is None:
-        raise ModelError(f"model {entry.id!r} is built on this machine; run 'edge-mask models quantize'")
+        raise ModelError(f"model {entry.id!r} is built on this machine; run 'edge-mask models {build_action(entry)}'")
     dest = cache_path(entry, models)
     if dest.is_file() and sha256_file(dest) == entry.sha256:
         return dest

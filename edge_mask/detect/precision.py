@@ -24,6 +24,7 @@ from edge_mask.core.errors import ModelError
 from edge_mask.detect.models import (
     Manifest,
     ModelEntry,
+    build_action,
     cache_path,
     check_cached,
     fetch,
@@ -67,7 +68,8 @@ def _available(entry: ModelEntry, models: ModelsConfig, manifest: Manifest) -> P
         return cache_path(entry, models)
     if entry.built:
         raise ModelError(
-            f"model {entry.id!r} in {models.cache_dir}: {reason}; build it with 'edge-mask models quantize'"
+            f"model {entry.id!r} in {models.cache_dir}: {reason}; build it with "
+            f"'edge-mask models {build_action(entry)}'"
         )
     try:
         return fetch(entry, models, manifest)

@@ -9,9 +9,9 @@ published model in another file format:
 2. each .tflite inside it must match its pinned sha256;
 3. the conversion (`tflite_onnx.py`) is deterministic: the same .tflite gives a byte-identical .onnx;
 4. parity: the ONNX model on onnxruntime and the .tflite on the LiteRT interpreter (`ai-edge-litert`) are
-   run on real faces (the 43 annotated faces of `faces-dlib`, cropped as MediaPipe crops them, and both
-   eyes of each for the iris model); every landmark must agree within `PARITY_PX` pixels of the model's
-   input. A model that fails is not written.
+   run on real faces (the 43 annotated faces of `faces-dlib`, in upright crops 1.6x the face box, and both
+   eyes of each for the iris model); every output (landmarks in pixels of the model's input, and the face
+   model's presence score) must agree within `PARITY_PX`. A model that fails is not written.
 
 The ONNX files and a `.parity.json` report beside each (sha256 of wheel, .tflite and .onnx, the figures)
 go to the model cache under the names in `models/manifest.toml`. Tools wing: the product never imports this.
@@ -110,14 +110,15 @@ def read_members(wheel: Path) -> dict[str, bytes]:
     """The landmark models' .tflite bytes from the wheel, each checked against its pinned sha256."""
     actual = _sha256(wheel.read_bytes())
     if actual != WHEEL_SHA256:
-        raise ModelError(f"{wheel}: sha256 {actual} is not the pinned {WHEEL_SHA256}; refusing it")
+        raise ModelError(f"{wheel}: sha256 {actual} is not the pinned {WHEEL_SHA256}; delete it and download "
+                         f"{WHEEL_REQUIREMENT} from PyPI again")
     found: dict[str, bytes] = {}
     with zipfile.ZipFile(wheel) as archive:
         for model in MODELS:
             data = archive.read(model.member)
             if _sha256(data) != model.tflite_sha256:
                 raise ModelError(f"{wheel}!{model.member}: sha256 {_sha256(data)} is not the pinned "
-                                 f"{model.tflite_sha256}; refusing it")
+                                 f"{model.tflite_sha256}; use the {WHEEL_REQUIREMENT} wheel from PyPI")
             found[model.id] = data
     return found
 
@@ -185,7 +186,7 @@ def parity(tflite: dict[str, bytes], onnx: dict[str, bytes], faces_dlib: Path) -
         if photo not in images:
             read = cv2.imread(str(photo), cv2.IMREAD_COLOR)
             if read is None:
-                raise UserError(f"{photo}: cannot read this photo")
+                raise UserError(f"{photo}: cannot read this photo; restore the shared faces-dlib folder")
             images[photo] = np.asarray(read, np.uint8)
         image = images[photo]
         side = FACE_CROP * max(x2 - x1, y2 - y1)
@@ -203,14 +204,21 @@ def parity(tflite: dict[str, bytes], onnx: dict[str, bytes], faces_dlib: Path) -
             inputs[IRIS.id] += 1
     return {model.id: {"inputs": inputs[model.id], "max_landmark_diff_px": worst[model.id],
                        "max_other_output_diff": other[model.id], "tolerance_px": PARITY_PX,
-                       "passed": worst[model.id] <= PARITY_PX and inputs[model.id] > 0}
+                       "passed": max(worst[model.id], other[model.id]) <= PARITY_PX and inputs[model.id] > 0}
             for model in MODELS}
 
 
 def _compare(reference: dict[str, Any], converted: dict[str, Any], model: LandmarkModel, worst: float,
              other: float) -> tuple[float, float]:
+    """The largest differences so far, landmarks and other outputs (the face model's presence score) apart;
+    a missing or non-finite output counts as infinitely far."""
     for name, value in reference.items():
-        diff = float(np.abs(np.asarray(value) - np.asarray(converted[name]).reshape(value.shape)).max())
+        mine = converted.get(name)
+        if mine is None or np.size(mine) != np.size(value):
+            diff = float("inf")
+        else:
+            gap = np.abs(np.asarray(value, np.float64) - np.asarray(mine, np.float64).reshape(np.shape(value)))
+            diff = float(gap.max()) if np.all(np.isfinite(gap)) else float("inf")
         if name == model.landmarks or name == "output_iris":
             worst = max(worst, diff)
         else:
@@ -225,7 +233,7 @@ def build_landmark_models(cache_dir: Path, faces_dlib: Path, folders: Iterable[P
                           progress: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Fetch, verify, convert and check both models; write them (and their reports) to `cache_dir` only if
     both pass. Returns the report."""
-    if not (faces_dlib / "testing.xml").is_file():
+    if not all((faces_dlib / name).is_file() for name in ("training.xml", "testing.xml")):
         raise UserError(f"{faces_dlib}: the annotated faces for the parity check are not there; pass --faces DIR "
                         "(the shared data's faces-dlib folder)")
     with tempfile.TemporaryDirectory(prefix="edge-mask-landmarks-") as tmp:

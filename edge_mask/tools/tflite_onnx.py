@@ -195,8 +195,10 @@ def convert(tflite_bytes: bytes, graph_name: str) -> bytes:
                 left, right = _same_pads(width, kw, strides[1], dilations[1])
                 pads = [top, left, bottom, right]
             inputs = [x, g.constant("w", kernel)]
-            bias = g.consts.get(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
-            if bias is not None:
+            if len(ins) > 2 and ins[2] >= 0:
+                bias = g.consts.get(ins[2])
+                if bias is None:
+                    raise ConversionError(f"{where}: the bias must be constant")
                 inputs.append(g.constant("b", bias.astype(np.float32)))
             value = g.node("Conv", inputs, "conv", kernel_shape=[kh, kw], strides=strides, dilations=dilations,
                            pads=pads, group=group)
@@ -208,7 +210,7 @@ def convert(tflite_bytes: bytes, graph_name: str) -> bytes:
             if alpha is None or ins[0] not in g.nchw:
                 raise ConversionError(f"{where}: the slope must be constant and the input 4-D")
             channels = shape_of(ins[0])[3]
-            if alpha.size != channels:
+            if alpha.size != channels or (alpha.ndim and alpha.shape[-1] != channels):
                 raise ConversionError(f"{where}: a slope of shape {alpha.shape} is not one per channel")
             slope = g.constant("slope", alpha.astype(np.float32).reshape(channels, 1, 1))
             g.names[out] = g.node("PRelu", [runtime(ins[0], where), slope], "prelu")
@@ -222,6 +224,8 @@ def convert(tflite_bytes: bytes, graph_name: str) -> bytes:
             g.nchw.add(out)
             continue
         if kind == "MAX_POOL_2D":
+            if ins[0] not in g.nchw:
+                raise ConversionError(f"{where}: only a computed 4-D input is supported")
             opts = _options(op, tflite.Pool2DOptions)
             _, height, width, _ = shape_of(ins[0])
             kh, kw, sh, sw = opts.FilterHeight(), opts.FilterWidth(), opts.StrideH(), opts.StrideW()
