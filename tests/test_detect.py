@@ -78,6 +78,24 @@ def test_nms_keeps_best_of_overlaps_and_limits_count() -> None:
     assert nms(boxes[:0], scores[:0], 0.3, 10).tolist() == []
 
 
+
+def test_nms_table_and_row_walk_agree_with_ties_and_overflow() -> None:
+    """The all-pairs table (up to PAIRWISE_UP_TO candidates) and the row-by-row walk beyond it keep the
+    same boxes in the same order, ties in score included; max_keep 0 keeps none."""
+    from edge_mask.core import boxes as box_math
+
+    rng = np.random.default_rng(7)
+    for n in [0, 1, 2, 5, 40, 80, box_math.PAIRWISE_UP_TO + 40]:
+        for _ in range(20 if n < 100 else 2):
+            corner = rng.random((n, 2)) * 300
+            found = np.concatenate([corner, corner + rng.random((n, 2)) * 60 + 1], axis=1).astype(np.float32)
+            scores = np.round(rng.random(n), 1).astype(np.float32)  # many ties
+            order = np.argsort(-scores, kind="stable")
+            for keep in (1, 3, 41):
+                expected = box_math._nms_by_rows(found, order, 0.3, keep)
+                assert nms(found, scores, 0.3, keep).tolist() == expected.tolist()
+    assert nms(np.zeros((3, 4), np.float32), np.ones(3, np.float32), 0.3, 0).tolist() == []
+
 def test_iou_matrix() -> None:
     a = np.array([[0, 0, 10, 10]], np.float32)
     b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)

@@ -39,10 +39,12 @@ def nms(boxes: Any, scores: Any, iou_threshold: float, max_keep: int) -> npt.NDA
     scores, costs a fifth of one IoU row per kept box. Both give the same boxes.
     """
     order = np.argsort(-np.asarray(scores), kind="stable")
+    if max_keep <= 0:
+        return np.zeros(0, np.intp)
     if order.size > PAIRWISE_UP_TO:
         return _nms_by_rows(boxes, order, iou_threshold, max_keep)
     ranked = np.asarray(boxes)[order]
-    overlaps = iou_matrix(ranked, ranked) > iou_threshold
+    overlaps = ~(iou_matrix(ranked, ranked) <= iou_threshold)  # as the row walk: NaN overlaps suppress
     suppressed = np.zeros(order.size, bool)
     keep: list[int] = []
     for rank in range(order.size):
