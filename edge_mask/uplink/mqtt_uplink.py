@@ -115,9 +115,11 @@ class MqttUplink:
 
     def start(self) -> None:
         if self._thread is not None:
-            raise RuntimeError("uplink already started")
+            if self._thread.is_alive():
+                raise RuntimeError("uplink already started, or its last run has not ended yet")
+            self._thread = None  # the run that outlived stop()'s join has ended since
         self._stop.clear()
-        # A pair of its own for each run: a thread that outlived stop()'s join closes only its own.
+        # A pair of its own for each run, closed by that run's thread as it ends.
         self._waker = Waker()
         self._thread = threading.Thread(target=self._run, args=(self._waker,), name="edge-mask-uplink", daemon=True)
         self._thread.start()
@@ -129,7 +131,12 @@ class MqttUplink:
         self.wake()
         if self._thread is not None:
             self._thread.join(timeout=self.cfg.broker.connect_timeout_s + 3 * _STOP_GRACE_S + 5)
-            self._thread = None
+            if self._thread.is_alive():
+                # Kept, so that start() cannot run a second loop beside it on the same spool and state.
+                log.warning("uplink: its thread has not ended %.0f s after stop; it will when its network call "
+                            "returns", self.cfg.broker.connect_timeout_s + 3 * _STOP_GRACE_S + 5)
+            else:
+                self._thread = None
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
