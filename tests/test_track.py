@@ -194,23 +194,32 @@ def test_a_false_cut_keeps_a_dim_face_masked() -> None:
     tracker = Tracker(cfg)
     face = boxes((100, 100, 160, 170))
     last = seen_for(tracker, face, 10)
-    dim = np.array([cfg.refresh_score + 0.02], np.float32)
-    for i in range(1, 40):
-        result = tracker.update(face, last + i / FPS, dim, cut=(i == 1), sight=0.25)
-        assert len(result.regions) >= 1 and covers(result.regions[0], face[0]), f"frame {i} after the cut"
+    for score in (cfg.refresh_score + 0.02, 0.15):  # refreshing its hold, and too weak to refresh it
+        tracker = Tracker(cfg)
+        last = seen_for(tracker, face, 10)
+        dim = np.array([score], np.float32)
+        without_cut = Tracker(cfg)
+        seen_for(without_cut, face, 10)
+        for i in range(1, 40):
+            result = tracker.update(face, last + i / FPS, dim, cut=(i == 1), sight=0.25)
+            expected = without_cut.update(face, last + i / FPS, dim, sight=0.25)
+            assert len(result.regions) == len(expected.regions), f"score {score}, frame {i} after the cut"
+        if score > cfg.refresh_score:
+            assert len(result.regions) == 1, "a face refreshed by its dim detections stays masked"
 
 
-def test_a_weak_blob_beside_a_missed_face_does_not_take_its_track() -> None:
-    """A hand at 0.12 next to a face the detector missed: the face stays painted (its coasting box), the
-    blob is not masked (weak, and not where the face is)."""
+@pytest.mark.parametrize("score", [0.12, 0.3])
+def test_a_blob_beside_a_missed_face_does_not_take_its_track(score: float) -> None:
+    """A hand next to a face the detector missed, too weak to be masked (0.12) or masked in its own frame
+    (0.3, below start_score): the face stays painted (its coasting box) on every frame."""
     tracker = Tracker(TrackerConfig())
     face = boxes((100, 100, 160, 170))
     last = seen_for(tracker, face, 10)
     for i in range(1, 6):
-        result = tracker.update(boxes((150, 130, 190, 170)), last + i / FPS, np.array([0.12], np.float32),
+        result = tracker.update(boxes((150, 130, 190, 170)), last + i / FPS, np.array([score], np.float32),
                                 sight=0.25)
         assert result.held == 1 and covers(result.regions[-1], face[0]), f"frame {i}: the face leaks"
-        assert result.masked_detections == ()
+        assert result.masked_detections == (() if score < 0.25 else (0,))
 
 
 def test_weak_blobs_never_push_a_held_face_out_of_the_track_limit() -> None:
@@ -227,6 +236,7 @@ def test_with_hold_hits_one_a_confident_face_is_held_the_full_hold() -> None:
     tracker = Tracker(TrackerConfig(hold_hits=1, hold_s=1.0))
     tracker.update(boxes((100, 100, 160, 170)), 0.0, np.array([0.9], np.float32))
     assert tracker.hold_of(tracker._tracks[0]) == pytest.approx(1.0)
+    assert tracker.update(boxes(), 0.9).held == 1 and tracker.update(boxes(), 1.1).held == 0
 
 
 def test_the_default_hold_is_at_least_half_a_second() -> None:

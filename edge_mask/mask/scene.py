@@ -7,8 +7,8 @@ three cuts of the press clip measure 0.10-0.12, the largest other change 0.05 (a
 clips, with hands moving in front of the face, at most 0.025; the default threshold is 0.08.
 
 A missed cut only keeps masks a little longer. A false cut shortens the old shot's holds to the tracker's
-`CUT_GRACE_S` (0.1 s), but every face the detector still sees, even weakly, continues its track and stays
-masked.
+`CUT_GRACE_S` (0.1 s), but a face the detector still sees where it was, even weakly, continues its track
+and stays masked.
 """
 
 from __future__ import annotations

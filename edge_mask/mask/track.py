@@ -23,9 +23,10 @@ for how long, in the spirit of ByteTrack's two thresholds:
 * Gates are bounded in face sizes, in pixels (`max_gate_px`) and in size ratio, so a large box cannot capture
   detections across the frame.
 * A hard scene cut (`cut=True`, see `scene.py`) ends the holds of the old shot after `CUT_GRACE_S`, unless
-  a detection in the new shot continues them (a false cut changes nothing for a face still in view).
-* Detections below sight continue a track only where they overlap its predicted box (`WEAK_MATCH_IOU`);
-  with tracks over `max_tracks`, tentative ones are forgotten before held ones.
+  a detection in the new shot continues them where they were (a false cut changes nothing for a face the
+  detector still sees, however weakly).
+* Detections below `start_score` continue a track only where they overlap its predicted box
+  (`WEAK_MATCH_IOU`); with tracks over `max_tracks`, tracks not held are forgotten before held ones.
 
 Time comes from the frame's `monotonic` stamp, never from the wall clock here, so batch video uses video
 time and tests use synthetic stamps.
@@ -57,9 +58,10 @@ MAX_SPEED = 10.0
 MAX_COAST_SHIFT = 0.25
 """A coasting box moves at most this many face sizes away from where the face was last seen."""
 WEAK_MATCH_IOU = 0.3
-"""A detection below sight continues a track only when it overlaps the track's predicted box this much: the
-centre gate would let a weak blob beside a missed face (a hand at 0.12) take that face's track, and the face
-would go unpainted while the blob is masked in its place."""
+"""A detection below `start_score` continues a track only when it overlaps the track's predicted box this
+much: the centre gate would let a blob beside a missed face (a hand at 0.12, or at 0.3) take that face's
+track, and the face would go unpainted while the blob is masked in its place. Confident detections keep the
+centre gate, so a fast face is still followed."""
 CUT_GRACE_S = 0.1
 """After a scene cut the old shot's held faces stay masked this long (3 frames at 30 fps) unless a detection
 continues them: a false cut (a light switched on, an exposure jump) must not unmask a face the detector
@@ -233,13 +235,16 @@ class Tracker:
         start = self.cfg.start_score
         table = pair_scores(predicted, boxes, self.cfg.match_iou, self.cfg.max_gate_px)
         weak = scores < sight
-        if weak.any():
-            table[:, weak] = np.where(iou_matrix(predicted, boxes[weak]) >= WEAK_MATCH_IOU, table[:, weak], -np.inf)
-        for chosen in (scores >= start, (scores < start) & ~weak, weak):
+        gated = scores < start  # below start_score, only an overlapping detection continues a track
+        if gated.any():
+            table[:, gated] = np.where(iou_matrix(predicted, boxes[gated]) >= WEAK_MATCH_IOU, table[:, gated], -np.inf)
+        for chosen in (~gated, gated & ~weak, weak):
             pairs += self._associate(table, np.flatnonzero(chosen), {t for t, _ in pairs})
         shown = {d for d in range(len(boxes)) if scores[d] >= sight}
         for t, d in pairs:
             track = self._tracks[t]
+            if self.holding(track, now):
+                track.cut_at = NEVER  # seen again where it was: not a face of an old shot
             self._observe(track, boxes[d], now, float(scores[d]), sight)
             if self.holding(track, now) or self._continues(track, now, float(scores[d])):
                 shown.add(d)
@@ -252,7 +257,7 @@ class Tracker:
         for d in range(len(boxes)):
             if d not in matched_d:
                 ids[d] = self._start(boxes[d], now, float(scores[d]), sight).id
-        self._enforce_limit()
+        self._enforce_limit(now)
         order = sorted(shown)
         track_ids = tuple(ids[d] for d in order) + held_ids
         regions = np.concatenate([boxes[order], held_regions], axis=0)
@@ -321,12 +326,12 @@ class Tracker:
         factor = np.minimum(1.0 + self.cfg.grow_per_s * age, self.cfg.max_grow).astype(np.float32)
         return grow(predicted[held], factor)
 
-    def _enforce_limit(self) -> None:
-        """Keep at most `max_tracks` (bounded memory and time): tentative tracks go before held ones, each
+    def _enforce_limit(self, now: float) -> None:
+        """Keep at most `max_tracks` (bounded memory and time): tracks not held go before held ones, each
         kind longest-unseen first, so a burst of weak blobs cannot push a held face out."""
         extra = len(self._tracks) - self.cfg.max_tracks
         if extra > 0:
-            self._tracks.sort(key=lambda t: (t.confirmed, t.last_seen), reverse=True)
+            self._tracks.sort(key=lambda t: (self.holding(t, now), t.last_seen), reverse=True)
             log.warning("tracker: %d tracks over the limit of %d forgotten", extra, self.cfg.max_tracks)
             del self._tracks[self.cfg.max_tracks :]
 
