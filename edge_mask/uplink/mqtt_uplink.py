@@ -114,10 +114,8 @@ class MqttUplink:
         return self._connected.is_set()
 
     def start(self) -> None:
-        if self._thread is not None:
-            if self._thread.is_alive():
-                raise RuntimeError("uplink already started, or its last run has not ended yet")
-            self._thread = None  # the run that outlived stop()'s join has ended since
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("uplink already started, or its last run has not ended yet")
         self._stop.clear()
         # A pair of its own for each run, closed by that run's thread as it ends.
         self._waker = Waker()
@@ -131,12 +129,8 @@ class MqttUplink:
         self.wake()
         if self._thread is not None:
             self._thread.join(timeout=self.cfg.broker.connect_timeout_s + 3 * _STOP_GRACE_S + 5)
-            if self._thread.is_alive():
-                # Kept, so that start() cannot run a second loop beside it on the same spool and state.
-                log.warning("uplink: its thread has not ended %.0f s after stop; it will when its network call "
-                            "returns", self.cfg.broker.connect_timeout_s + 3 * _STOP_GRACE_S + 5)
-            else:
-                self._thread = None
+            if self._thread.is_alive():  # kept: start() must not run a second loop beside it on the same spool
+                log.warning("uplink: its thread has not ended after stop; it will when its network call returns")
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
