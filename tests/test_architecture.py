@@ -20,7 +20,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "edge_mask"
 
 GROUND = {"core", "config"}
-STAGES = {"capture", "detect", "mask", "seal", "uplink"}
+STAGES = {"capture", "detect", "clinical", "mask", "seal", "uplink"}
 COMPOSERS = {"service", "receiver", "provision"}
 ROOMS = GROUND | STAGES | COMPOSERS | {"commands", "tools", "cli", "__main__", "__init__"}
 CLI = {"cli", "commands", "__main__"}
@@ -33,6 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"core"},
     "capture": GROUND,
     "detect": GROUND,
+    "clinical": GROUND | {"detect"},
     "mask": GROUND | {"detect"},
     "seal": GROUND,
     "uplink": GROUND | {"seal"},
@@ -40,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     "receiver": GROUND | {"seal", "uplink"},
     "provision": GROUND | {"seal"},
 }
-NO_NETWORK = {"core", "config", "capture", "detect", "mask"}
+NO_NETWORK = {"core", "config", "capture", "detect", "clinical", "mask"}
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,142 @@
+"""Clinical signals (issue 13): geometry on synthetic eyes and meshes, then the real models on the close-up
+photo's two faces (about 600 px wide, both frontal enough to read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_mask.clinical import Eye, FaceLandmarks, FaceSession, eye_openness, gaze, head_pose, mouth_opening
+from edge_mask.clinical.signals import CLOSED_BELOW, MIN_BASELINE_READINGS
+
+FPS = 30.0
+
+
+def synthetic_eye(openness: float, width: float = 40.0, iris_shift: float = 0.0, reverse: bool = False) -> Eye:
+    """An eye 40 px wide centred at (100, 100): lower lid 0..8 corner to corner, upper lid 9..15."""
+    xs = np.linspace(80.0, 120.0, 9)
+    lower = np.stack([xs, 100.0 + openness * width / 2 * np.sin(np.linspace(0, np.pi, 9))], axis=1)
+    upper_x = np.linspace(85.0, 115.0, 7)
+    upper = np.stack([upper_x, 100.0 - openness * width / 2 * np.sin(np.linspace(0.4, np.pi - 0.4, 7))], axis=1)
+    if reverse:  # the other eye's contour starts at the other corner
+        lower, upper = lower[::-1], upper[::-1]
+    iris = np.array([[100.0 + iris_shift * width, 100.0]] * 5)
+    return Eye(np.concatenate([lower, upper]).astype(np.float32), iris.astype(np.float32))
+
+
+def synthetic_mesh(yaw_deg: float = 0.0, mouth: float = 0.0) -> np.ndarray:
+    """468 points: eye corners, forehead, chin and mouth where the signals read them; depth turns with yaw."""
+    mesh = np.zeros((468, 3), np.float32)
+    turn = np.tan(np.radians(yaw_deg))
+    for index, x in ((33, 60), (133, 90), (362, 130), (263, 160)):
+        mesh[index] = (x, 100, (x - 110) * turn)
+    mesh[10], mesh[152] = (110, 40, 0), (110, 220, 0)
+    mesh[61], mesh[291] = (85, 180, 0), (135, 180, 0)
+    mesh[13], mesh[14] = (110, 180 - 25 * mouth, 0), (110, 180 + 25 * mouth, 0)
+    return mesh
+
+
+def test_openness_and_gaze_read_the_same_whichever_corner_the_contour_starts_at() -> None:
+    open_eye, closed = synthetic_eye(0.3), synthetic_eye(0.02)
+    assert eye_openness(open_eye.contour) > 0.15 and eye_openness(closed.contour) < 0.02
+    assert eye_openness(synthetic_eye(0.3, reverse=True).contour) == pytest.approx(eye_openness(open_eye.contour))
+    right = gaze(synthetic_eye(0.3, iris_shift=0.1))
+    assert right[0] == pytest.approx(0.1, abs=1e-6) and right[1] == pytest.approx(0.0, abs=1e-6)
+    assert gaze(synthetic_eye(0.3, iris_shift=0.1, reverse=True))[0] == pytest.approx(0.1, abs=1e-6)
+
+
+def test_head_pose_and_mouth_from_the_mesh() -> None:
+    yaw, pitch, roll = head_pose(synthetic_mesh())
+    assert abs(yaw) < 1e-6 and abs(pitch) < 1e-6 and abs(roll) < 1e-6
+    assert head_pose(synthetic_mesh(yaw_deg=20.0))[0] == pytest.approx(20.0, abs=0.5)
+    assert mouth_opening(synthetic_mesh(mouth=0.0)) == 0.0
+    assert mouth_opening(synthetic_mesh(mouth=0.5)) == pytest.approx(0.5)
+
+
+def face(openness: float, yaw_deg: float = 0.0) -> FaceLandmarks:
+    eyes = (synthetic_eye(openness), synthetic_eye(openness, reverse=True))
+    return FaceLandmarks(synthetic_mesh(yaw_deg), 20.0, eyes)
+
+
+def test_a_blink_is_found_with_its_onset_and_duration_relative_to_the_eyes_own_baseline() -> None:
+    """Narrow eyes (openness 0.15) are this person's open; a closure to 0.03 for 4 frames is one blink."""
+    session = FaceSession()
+    readings = []
+    pattern = [0.15] * 20 + [0.03] * 4 + [0.15] * 10
+    for i, value in enumerate(pattern):
+        readings.append(session.update(face(value), i / FPS))
+    assert readings[MIN_BASELINE_READINGS].openness[0] == pytest.approx(1.0)  # relative: open = 1
+    assert readings[21].openness[0] is not None and readings[21].openness[0] < CLOSED_BELOW
+    blinks = [r.blink for r in readings if r.blink is not None]
+    assert len(blinks) == 1
+    assert blinks[0].onset == pytest.approx(20 / FPS) and blinks[0].duration_s == pytest.approx(4 / FPS)
+    assert session.blink_rate(len(pattern) / FPS) == pytest.approx(1.0)  # one blink in the last minute
+
+
+def test_eyes_closed_for_long_is_not_a_blink_and_a_turned_head_reads_nothing() -> None:
+    session = FaceSession()
+    for i in range(20):
+        session.update(face(0.2), i / FPS)
+    for i in range(20, 50):  # a second of closed eyes
+        session.update(face(0.02), i / FPS)
+    assert session.update(face(0.2), 50 / FPS).blink is None
+    turned = session.update(face(0.2, yaw_deg=45.0), 51 / FPS)
+    assert turned.openness == (None, None) and turned.gaze is None and turned.pose is None
+
+
+def test_an_implausible_eye_contour_gives_no_openness() -> None:
+    """A hand over the eye gives the model nothing eye-like to outline: no reading, and no blink from it."""
+    session = FaceSession()
+    for i in range(10):
+        session.update(face(0.2), i / FPS)
+    covered = FaceLandmarks(synthetic_mesh(), 20.0, (synthetic_eye(1.5), synthetic_eye(0.2, reverse=True)))
+    reading = session.update(covered, 10 / FPS)
+    assert reading.openness[0] is None and reading.openness[1] is not None and reading.blink is None
+
+
+@pytest.fixture(scope="module")
+def landmarker(repo_root: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+    from edge_mask.clinical import Landmarker
+    from edge_mask.tools.landmark_models import build_landmark_models, find_wheel
+
+    wheels = repo_root / ".cache" / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    find_wheel([wheels], wheels, offline=False)
+    cache = tmp_path_factory.mktemp("landmarks")
+    build_landmark_models(cache, shared_data / "faces-dlib", [wheels], offline=True, progress=lambda _: None)
+    marker = Landmarker(cache / "face-landmark.onnx", cache / "iris-landmark.onnx")
+    yield marker
+    marker.close()
+
+
+def test_the_models_read_both_faces_of_the_close_up_photo(landmarker: object, shared_data: Path,
+                                                          model_cache: object) -> None:
+    import cv2
+
+    from edge_mask.clinical import Landmarker
+    from edge_mask.config import OnnxDetectorConfig
+    from edge_mask.detect import create_detector
+
+    assert isinstance(landmarker, Landmarker)
+    image = cv2.imread(str(shared_data / "photos" / "closeup-pair.jpg"))
+    detector = create_detector(OnnxDetectorConfig(model="yunet-fp32", precision="fp32"), model_cache)  # type: ignore[arg-type]
+    found = detector.detect(cv2.resize(image, None, fx=0.25, fy=0.25))
+    detector.close()
+    assert len(found) == 2
+    for box in found.boxes * 4:
+        marks = landmarker.face(image, box)
+        x1, x2 = box[0], box[2]
+        assert marks.presence > 5.0, "the model sees a face"
+        inside = (marks.mesh[:, 0] >= x1 - 0.2 * (x2 - x1)) & (marks.mesh[:, 0] <= x2 + 0.2 * (x2 - x1))
+        assert inside.mean() > 0.95, "the mesh lies on the face"
+        right, left = marks.eyes
+        assert right.contour[:, 0].mean() < left.contour[:, 0].mean(), "the subject's right eye is on the image's left"
+        for eye in marks.eyes:  # both people smile with their eyes open: a narrow but open eye
+            assert 0.1 < eye_openness(eye.contour) < 0.45
+            assert abs(gaze(eye)[0]) < 0.3 and abs(gaze(eye)[1]) < 0.3, "the iris is inside the eye"
+        yaw, _, roll = head_pose(marks.mesh)
+        assert abs(yaw) < 30 and abs(roll) < 15
+        reading = FaceSession().update(marks, 0.0)
+        assert reading.pose == (0.0, 0.0, 0.0) and reading.gaze is not None
