@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "capture": GROUND,
     "detect": GROUND,
     "clinical": GROUND | {"detect"},
-    "mask": GROUND | {"detect"},
+    "mask": GROUND | {"detect", "clinical"},
     "seal": GROUND,
     "uplink": GROUND | {"seal"},
     "service": GROUND | STAGES,

@@ -10,6 +10,7 @@ import pytest
 
 from edge_mask.clinical import Eye, FaceLandmarks, FaceSession, eye_openness, gaze, head_pose, mouth_opening
 from edge_mask.clinical.signals import CLOSED_BELOW, MIN_BASELINE_READINGS
+from edge_mask.config import ModelsConfig
 
 FPS = 30.0
 
@@ -97,22 +98,26 @@ def test_an_implausible_eye_contour_gives_no_openness() -> None:
 
 
 @pytest.fixture(scope="module")
-def landmarker(repo_root: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
+def landmarker(repo_root: Path, shared_data: Path, model_cache: ModelsConfig) -> object:
+    """The landmark models built into the test model cache (as `edge-mask models landmarks` does), loaded."""
     from edge_mask.clinical import Landmarker
+    from edge_mask.detect.models import check_cached, load_manifest
     from edge_mask.tools.landmark_models import build_landmark_models, find_wheel
 
-    wheels = repo_root / ".cache" / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    find_wheel([wheels], wheels, offline=False)
-    cache = tmp_path_factory.mktemp("landmarks")
-    build_landmark_models(cache, shared_data / "faces-dlib", [wheels], offline=True, progress=lambda _: None)
+    manifest = load_manifest()
+    cache = Path(model_cache.cache_dir)
+    if not all(check_cached(manifest.get(i), model_cache, manifest)[0] for i in ("face-landmark", "iris-landmark")):
+        wheels = repo_root / ".cache" / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        find_wheel([wheels], wheels, offline=False)
+        build_landmark_models(cache, shared_data / "faces-dlib", [wheels], offline=True, progress=lambda _: None)
     marker = Landmarker(cache / "face-landmark.onnx", cache / "iris-landmark.onnx")
     yield marker
     marker.close()
 
 
 def test_the_models_read_both_faces_of_the_close_up_photo(landmarker: object, shared_data: Path,
-                                                          model_cache: object) -> None:
+                                                          model_cache: ModelsConfig) -> None:
     import cv2
 
     from edge_mask.clinical import Landmarker
@@ -121,7 +126,7 @@ def test_the_models_read_both_faces_of_the_close_up_photo(landmarker: object, sh
 
     assert isinstance(landmarker, Landmarker)
     image = cv2.imread(str(shared_data / "photos" / "closeup-pair.jpg"))
-    detector = create_detector(OnnxDetectorConfig(model="yunet-fp32", precision="fp32"), model_cache)  # type: ignore[arg-type]
+    detector = create_detector(OnnxDetectorConfig(model="yunet-fp32", precision="fp32"), model_cache)
     found = detector.detect(cv2.resize(image, None, fx=0.25, fy=0.25))
     detector.close()
     assert len(found) == 2
@@ -140,3 +145,45 @@ def test_the_models_read_both_faces_of_the_close_up_photo(landmarker: object, sh
         assert abs(yaw) < 30 and abs(roll) < 15
         reading = FaceSession().update(marks, 0.0)
         assert reading.pose == (0.0, 0.0, 0.0) and reading.gaze is not None
+
+
+def test_the_masker_reads_signals_of_the_faces_it_masks_by_tier(landmarker: object, shared_data: Path,
+                                                                model_cache: ModelsConfig) -> None:
+    """With `clinical.signals` on, every masked frame of the close-up photo (as a 30 fps stream) carries one
+    reading per face: relative values once the baseline is learnt, absolute openness only on the ophthalmic
+    tier, and no picture or point of the face. Off, nothing is read."""
+    import cv2
+
+    from edge_mask.clinical import Landmarker
+    from edge_mask.config import EdgeConfig, validate_config
+    from edge_mask.core.types import FaceSignals, RawFrame
+    from edge_mask.mask import build_masker
+
+    assert isinstance(landmarker, Landmarker)
+    image = cv2.imread(str(shared_data / "photos" / "closeup-pair.jpg"))
+    image = cv2.resize(image, None, fx=0.4, fy=0.4)
+    base = {"device_id": "room1", "models": model_cache.model_dump(mode="json"),
+            "detector": {"precision": "fp32", "deadline_ms": 10_000}}
+    off = build_masker(validate_config(base, EdgeConfig))
+    try:
+        assert off.process(RawFrame(image=image.copy(), seq=0, captured_at=0.0, monotonic=0.0)).signals == ()
+    finally:
+        off.close()
+    for tier in ("standard", "ophthalmic"):
+        masker = build_masker(validate_config({**base, "clinical": {"signals": tier}}, EdgeConfig))
+        try:
+            frames = [masker.process(RawFrame(image=image.copy(), seq=i, captured_at=i / 30, monotonic=i / 30))
+                      for i in range(8)]
+            stats = masker.stats()
+        finally:
+            masker.close()
+        last = frames[-1]
+        assert last is not None and len(last.signals) == 2
+        for reading in last.signals:
+            assert isinstance(reading, FaceSignals)
+            assert reading.pose == pytest.approx((0.0, 0.0, 0.0), abs=1e-6), "the same picture: no movement"
+            assert reading.openness[0] == pytest.approx(1.0) and reading.openness[1] == pytest.approx(1.0)
+            assert reading.gaze == pytest.approx((0.0, 0.0), abs=1e-6) and reading.blink_onset is None
+            assert (reading.absolute_openness is not None) == (tier == "ophthalmic")
+        assert len({r.track_id for r in last.signals}) == 2 and stats["faces_read"] == 16
+        assert stats["clinical_errors"] == 0 and stats["blinks"] == 0

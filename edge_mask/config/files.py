@@ -22,6 +22,7 @@ from edge_mask.config.base import ENV_PREFIX, ConfigPath, Positive, PositiveInt,
 from edge_mask.config.stages import (
     BrokerConfig,
     CameraConfig,
+    ClinicalConfig,
     DetectorConfig,
     EncodeConfig,
     MaskConfig,
@@ -53,6 +54,7 @@ class MaskerConfig(Section):
     models: ModelsConfig = ModelsConfig()
     tracker: TrackerConfig = TrackerConfig()
     mask: MaskConfig = MaskConfig()
+    clinical: ClinicalConfig = ClinicalConfig()
 
 
 class EdgeConfig(MaskerConfig):

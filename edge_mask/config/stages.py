@@ -210,6 +210,22 @@ class MaskConfig(Section):
     on_failure: Literal["mask_frame", "drop"] = "mask_frame"
 
 
+class ClinicalConfig(Section):
+    """What a clinician reads in a face, measured on the device before it is masked (issue 13).
+
+    `signals`: "off" (default, the safest), "standard" (relative eye openness, blinks, relative gaze and head
+    pose, mouth opening) or "ophthalmic" (also absolute per-eye openness; opt-in: more identifying). Never on
+    any tier: the landmark mesh, contours, iris points or lip shape. The models come from the verified
+    cache (`edge-mask models landmarks`). At most `max_faces` faces a frame are read, the largest first.
+    """
+
+    signals: Literal["off", "standard", "ophthalmic"] = "off"
+    face_model: str = "face-landmark"
+    iris_model: str = "iris-landmark"
+    max_faces: Annotated[int, Field(ge=1, le=16)] = 2
+    threads: Annotated[int, Field(ge=1, le=8)] = 1
+
+
 # ------------------------------------------------------------------------------- encode, seal and spool
 
 

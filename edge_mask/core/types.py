@@ -65,6 +65,27 @@ class _Witness:
 MASK_WITNESS = _Witness()
 
 
+@dataclass(frozen=True)
+class FaceSignals:
+    """What a clinician reads in one face of one frame (issue 13), never a picture or a point of it.
+
+    Standard tier: `openness` (right, left eye over each eye's own open baseline: 1 as open as usual, 0
+    closed), `gaze` (iris offset against the session's median, eye widths, image right and down), `pose`
+    (yaw, pitch, roll in degrees relative to the session's start), `mouth` (inner lip gap over mouth width),
+    and a blink that ended with this frame. Ophthalmic tier adds `absolute_openness` (lid gap over eye width
+    per eye). None where the reading is gated (head turned, eye occluded, baseline not yet learnt).
+    """
+
+    track_id: int
+    openness: tuple[float | None, float | None] = (None, None)
+    gaze: tuple[float, float] | None = None
+    pose: tuple[float, float, float] | None = None
+    mouth: float | None = None
+    blink_onset: float | None = None
+    blink_duration_s: float | None = None
+    absolute_openness: tuple[float | None, float | None] | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class MaskedFrame:
     """A frame in which every detected or held face region has been irreversibly masked.
@@ -83,6 +104,8 @@ class MaskedFrame:
     regions: FloatArray
     landmarks: FloatArray
     witness: _Witness = field(repr=False)
+    signals: tuple[FaceSignals, ...] = ()
+    """Clinical readings of the faces seen this frame (`clinical.signals`; empty when off)."""
 
     def __post_init__(self) -> None:
         if self.witness is not MASK_WITNESS:

@@ -13,6 +13,7 @@ that returns the raw pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_mask.clinical import ClinicalReader, build_reader
 from edge_mask.config import MaskConfig, MaskerConfig, TrackerConfig
 from edge_mask.core.stats import percentile
 from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
@@ -108,9 +110,12 @@ class FaceMasker:
     """Turns every `RawFrame` into a `MaskedFrame` (or None when failures drop frames)."""
 
     def __init__(
-        self, detector: Detector, tracker: TrackerConfig, mask: MaskConfig, deadline_ms: float, sight: float = 0.0
+        self, detector: Detector, tracker: TrackerConfig, mask: MaskConfig, deadline_ms: float, sight: float = 0.0,
+        clinical: ClinicalReader | None = None,
     ) -> None:
         self.detector = detector
+        self.clinical = clinical
+        """Reads the clinical signals of the faces seen (`clinical.signals`); None when off."""
         self.mask_cfg = mask
         self.deadline_s = deadline_ms / 1000.0
         self.sight = sight
@@ -123,6 +128,7 @@ class FaceMasker:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {
             "frames": 0, "faces_detected": 0, "faces_masked": 0, "faces_held": 0, "dropped": 0, "scene_cuts": 0,
+            "faces_read": 0,
             **{f"fail_closed_{r}": 0 for r in FAIL_REASONS},
         }
         self._samples: dict[str, deque[float]] = {s: deque(maxlen=SAMPLES) for s in STAGES}
@@ -159,12 +165,17 @@ class FaceMasker:
         except Exception:
             log.exception("frame %d: tracking or masking failed; frame fails closed", frame.seq)
             return self._fail(frame, "mask_error")
+        seen = len(result.masked_detections)
+        if self.clinical is not None and seen:  # from the raw frame, which painting left untouched
+            signals = self.clinical.read(frame.image, result.regions[:seen], result.track_ids[:seen], frame.monotonic)
+            masked = dataclasses.replace(masked, signals=signals)
         done = time.perf_counter()
         with self._lock:
             self._counts["faces_detected"] += result.detected
             self._counts["faces_held"] += result.held
             self._counts["scene_cuts"] += int(cut)
             self._counts["faces_masked"] += len(result.regions)
+            self._counts["faces_read"] += len(masked.signals)
             self._samples["detect"].append(detected - started)
             self._samples["track"].append(tracked - detected)
             self._samples["mask"].append(done - tracked)
@@ -196,6 +207,8 @@ class FaceMasker:
         """Forget tracked faces (the next frame starts a new stream); counters are kept."""
         self._tracker.reset()
         self._cuts.reset()
+        if self.clinical is not None:
+            self.clinical.reset()
 
     def stats(self) -> dict[str, float | int]:
         """Counters and per-stage latency percentiles (ms) over the recent window."""
@@ -203,6 +216,8 @@ class FaceMasker:
             out: dict[str, float | int] = dict(self._counts)
             samples = {s: list(v) for s, v in self._samples.items()}
         out["fail_closed"] = sum(int(out[f"fail_closed_{r}"]) for r in FAIL_REASONS)
+        if self.clinical is not None:
+            out["clinical_errors"], out["blinks"] = self.clinical.errors, self.clinical.blinks
         for stage, values in samples.items():
             p50, p99 = percentiles(values)
             out[f"{stage}_ms_p50"] = round(p50 * 1000, 3)
@@ -218,6 +233,8 @@ class FaceMasker:
         """Stop the detector thread and release the detector."""
         self._thread.close()
         self.detector.close()
+        if self.clinical is not None:
+            self.clinical.close()
 
     # ------------------------------------------------------------------------------------------ internals
 
@@ -241,7 +258,13 @@ def percentiles(values: Iterable[float]) -> tuple[float, float]:
 def _face_masker(cfg: MaskerConfig) -> Masker:
     """Detector from the config's detector and models sections, wrapped with its tracker and mask settings."""
     detector = create_detector(cfg.detector, cfg.models)
-    return FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms, sight=cfg.detector.threshold)
+    try:
+        clinical = build_reader(cfg.clinical, cfg.models)
+    except BaseException:
+        detector.close()
+        raise
+    return FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms, sight=cfg.detector.threshold,
+                      clinical=clinical)
 
 
 __all__ = ["FaceMasker", "build_masker"]
