@@ -158,6 +158,7 @@ def test_the_masker_reads_signals_of_the_faces_it_masks_by_tier(landmarker: obje
     from edge_mask.config import EdgeConfig, validate_config
     from edge_mask.core.types import FaceSignals, RawFrame
     from edge_mask.mask import build_masker
+    from edge_mask.mask.template import SKIN
 
     assert isinstance(landmarker, Landmarker)
     image = cv2.imread(str(shared_data / "photos" / "closeup-pair.jpg"))
@@ -170,7 +171,9 @@ def test_the_masker_reads_signals_of_the_faces_it_masks_by_tier(landmarker: obje
     finally:
         off.close()
     for tier in ("standard", "ophthalmic"):
-        masker = build_masker(validate_config({**base, "clinical": {"signals": tier}}, EdgeConfig))
+        style = "clinical" if tier == "standard" else "solid"
+        masker = build_masker(validate_config({**base, "clinical": {"signals": tier}, "mask": {"style": style}},
+                                              EdgeConfig))
         try:
             frames = [masker.process(RawFrame(image=image.copy(), seq=i, captured_at=i / 30, monotonic=i / 30))
                       for i in range(8)]
@@ -186,4 +189,41 @@ def test_the_masker_reads_signals_of_the_faces_it_masks_by_tier(landmarker: obje
             assert reading.gaze == pytest.approx((0.0, 0.0), abs=1e-6) and reading.blink_onset is None
             assert (reading.absolute_openness is not None) == (tier == "ophthalmic")
         assert len({r.track_id for r in last.signals}) == 2 and stats["faces_read"] == 16
+        template = np.all(last.image == np.array(SKIN, np.uint8), axis=2).sum()
+        assert (template > 500) == (style == "clinical"), "the schematic face is drawn only by the clinical style"
         assert stats["clinical_errors"] == 0 and stats["blinks"] == 0
+
+
+def test_the_clinical_style_replaces_every_head_pixel_and_moves_only_with_the_signals() -> None:
+    """On a noise picture (no pixel value repeats by chance), no original pixel survives inside the head,
+    none outside it changes, closed eyes and a look to the side draw differently, and the same reading draws
+    the same pixels whoever the face belongs to (the template has no shape of the person)."""
+    from edge_mask.config import MaskConfig
+    from edge_mask.core.types import FaceSignals
+    from edge_mask.mask.geometry import region_mask, shapes_for
+    from edge_mask.mask.styles import STYLES, Noise
+
+    rng = np.random.default_rng(3)
+    original = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    cfg = MaskConfig(style="clinical")
+    style = STYLES.create_named("clinical", cfg, Noise(0, rng))
+    face = np.array([[150, 100, 250, 220]], np.float32)
+    head = shapes_for(face, cfg.padding)[0]
+    inside = region_mask(face, 400, 300, cfg.padding)
+
+    def painted(reading: FaceSignals | None) -> np.ndarray:
+        image = original.copy()
+        style.paint(image, head, 100.0, reading)
+        return image
+
+    rest = painted(None)
+    assert not np.any(np.all(rest == original, axis=2) & inside), "an original pixel survived in the head"
+    assert np.array_equal(rest[~inside], original[~inside]), "only the head is painted"
+    open_eyes = painted(FaceSignals(track_id=1, openness=(1.0, 1.0), gaze=(0.0, 0.0), pose=(0.0, 0.0, 0.0), mouth=0.0))
+    closed = painted(FaceSignals(track_id=1, openness=(0.0, 0.0), gaze=(0.0, 0.0), pose=(0.0, 0.0, 0.0), mouth=0.0))
+    aside = painted(FaceSignals(track_id=1, openness=(1.0, 1.0), gaze=(0.2, 0.0), pose=(0.0, 0.0, 0.0), mouth=0.0))
+    assert np.array_equal(open_eyes, rest), "at rest: eyes open, looking ahead"
+    assert not np.array_equal(closed, open_eyes) and not np.array_equal(aside, open_eyes)
+    other_person = painted(FaceSignals(track_id=7, openness=(1.0, 1.0), gaze=(0.0, 0.0), pose=(0.0, 0.0, 0.0),
+                                       mouth=0.0, absolute_openness=(0.12, 0.31)))
+    assert np.array_equal(other_person, open_eyes), "only the standard-tier signals move the template"

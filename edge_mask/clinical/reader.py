@@ -38,12 +38,14 @@ class ClinicalReader:
         self.errors = 0
         self.blinks = 0
 
-    def read(self, image: Image, boxes: FloatArray, track_ids: tuple[int, ...], now: float) -> tuple[FaceSignals, ...]:
-        """Readings for the largest `max_faces` of these faces (boxes in frame pixels, one track id each)."""
+    def read(self, image: Image, boxes: FloatArray, track_ids: tuple[int, ...], now: float
+             ) -> list[tuple[int, FaceSignals]]:
+        """(row, reading) for the largest `max_faces` of these faces (boxes in frame pixels, one track id
+        each), in row order; a face whose reading failed is left out."""
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         sizes = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         chosen = [int(i) for i in np.argsort(-sizes, kind="stable")[: self.cfg.max_faces]]
-        out: list[FaceSignals] = []
+        out: list[tuple[int, FaceSignals]] = []
         for index in sorted(chosen):
             track = track_ids[index]
             session = self._sessions.get(track, (FaceSession(), now))[0]
@@ -61,13 +63,13 @@ class ClinicalReader:
                 absolute = (float(left_right[0]), float(left_right[1]))
             blink = reading.blink
             self.blinks += int(blink is not None)
-            out.append(FaceSignals(
+            out.append((index, FaceSignals(
                 track_id=track, openness=reading.openness, gaze=reading.gaze, pose=reading.pose, mouth=reading.mouth,
                 blink_onset=blink.onset if blink else None, blink_duration_s=blink.duration_s if blink else None,
                 absolute_openness=absolute,
-            ))
+            )))
         self._sessions = {t: (s, seen) for t, (s, seen) in self._sessions.items() if now - seen <= FORGET_AFTER_S}
-        return tuple(out)
+        return out
 
     def reset(self) -> None:
         """A new stream: every face's baselines start again."""

@@ -193,14 +193,15 @@ class MaskConfig(Section):
     """How face regions are hidden.
 
     `solid` (default) and `pixelate` (coarse blocks plus noise) cannot be undone. `blur` is weaker: a
-    moderate Gaussian blur can still be matched by face recognition; it is opt-in only.
+    moderate Gaussian blur can still be matched by face recognition; it is opt-in only. `clinical` is solid
+    with a schematic face (the same for everyone) moved by the face's `clinical.signals`.
     `on_failure` decides what happens when detection fails or misses its deadline: mask the whole frame
     (`mask_frame`, default, keeps the timeline) or drop it (`drop`). Both are counted.
     """
 
     masker: Literal["face"] = "face"
     """Which masker joins detection, tracking and painting (`edge_mask.mask.MASKERS`)."""
-    style: Literal["solid", "pixelate", "blur"] = "solid"
+    style: Literal["solid", "pixelate", "blur", "clinical"] = "solid"
     shape: Literal["ellipse", "rect"] = "ellipse"
     padding: Annotated[float, Field(ge=0, le=2)] = 0.2
     color: tuple[Annotated[int, Field(ge=0, le=255)], ...] = (0, 0, 0)

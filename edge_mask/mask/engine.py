@@ -13,7 +13,6 @@ that returns the raw pixels.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -161,14 +160,15 @@ class FaceMasker:
             result = self._tracker.update(found.boxes, frame.monotonic, found.scores, cut, self.sight)
             tracked = time.perf_counter()
             landmarks = found.landmarks[list(result.masked_detections)]
-            masked = mask_faces(frame, result.regions, landmarks, self._painter)
+            seen = len(result.masked_detections)
+            read = []
+            if self.clinical is not None and seen:  # from the raw frame; painting works on a copy
+                read = self.clinical.read(frame.image, result.regions[:seen], result.track_ids[:seen], frame.monotonic)
+            masked = mask_faces(frame, result.regions, landmarks, self._painter,
+                                tuple(s for _, s in read), tuple(row for row, _ in read))
         except Exception:
             log.exception("frame %d: tracking or masking failed; frame fails closed", frame.seq)
             return self._fail(frame, "mask_error")
-        seen = len(result.masked_detections)
-        if self.clinical is not None and seen:  # from the raw frame, which painting left untouched
-            signals = self.clinical.read(frame.image, result.regions[:seen], result.track_ids[:seen], frame.monotonic)
-            masked = dataclasses.replace(masked, signals=signals)
         done = time.perf_counter()
         with self._lock:
             self._counts["faces_detected"] += result.detected

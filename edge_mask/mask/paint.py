@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from edge_mask.config import MaskConfig
-from edge_mask.core.types import MASK_WITNESS, FloatArray, Image, MaskedFrame, RawFrame
+from edge_mask.core.types import MASK_WITNESS, FaceSignals, FloatArray, Image, MaskedFrame, RawFrame
 from edge_mask.mask.geometry import EXTRA_DOWN, EXTRA_UP, bounds, head_regions, region_mask, shapes_for
 from edge_mask.mask.styles import STYLES, Noise, color_of
 
@@ -30,21 +30,25 @@ class Painter:
         self._rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
         self._style = STYLES.create_named(cfg.style, cfg, Noise(cfg.noise, self._rng))
 
-    def paint(self, image: Image, faces: FloatArray, landmarks: FloatArray | None = None) -> FloatArray:
+    def paint(self, image: Image, faces: FloatArray, landmarks: FloatArray | None = None,
+              signals: dict[int, FaceSignals] | None = None) -> FloatArray:
         """Mask the head of every face box (N, 4) in `image`, in place; `landmarks` (M, 5, 2) belong to the
-        first M boxes (faces seen this frame) and turn their heads with the face (`geometry.head_shape`).
+        first M boxes (faces seen this frame) and turn their heads with the face (`geometry.head_shape`);
+        `signals` maps a box's index to its clinical reading (drawn by the `clinical` style).
         Returns the painted head rectangles (x1, y1, x2, y2), clipped to the frame."""
         boxes = np.asarray(faces, np.float32).reshape(-1, 4)
         height, width = image.shape[:2]
+        readings = signals or {}
         out = []
-        for box, head in zip(boxes, shapes_for(boxes, self.cfg.padding, landmarks), strict=True):
-            self._style.paint(image, head, float(box[2] - box[0]))
+        for index, (box, head) in enumerate(zip(boxes, shapes_for(boxes, self.cfg.padding, landmarks), strict=True)):
+            self._style.paint(image, head, float(box[2] - box[0]), readings.get(index))
             out.append(bounds(head, width, height))
         return np.array(out, np.float32).reshape(-1, 4)
 
 
 def masked_frame(
-    raw: RawFrame, image: Image, regions: FloatArray, landmarks: FloatArray, fail_closed: bool = False
+    raw: RawFrame, image: Image, regions: FloatArray, landmarks: FloatArray, fail_closed: bool = False,
+    signals: tuple[FaceSignals, ...] = (),
 ) -> MaskedFrame:
     """Wrap a masked image. The caller guarantees every face region of `raw` is painted in `image`."""
     return MaskedFrame(
@@ -57,14 +61,17 @@ def masked_frame(
         regions=np.asarray(regions, np.float32).reshape(-1, 4),
         landmarks=np.asarray(landmarks, np.float32).reshape(-1, 5, 2),
         witness=MASK_WITNESS,
+        signals=signals,
     )
 
 
-def mask_faces(raw: RawFrame, faces: FloatArray, landmarks: FloatArray, painter: Painter) -> MaskedFrame:
-    """Copy the raw image, paint every face box's head region, and wrap it as a `MaskedFrame`."""
+def mask_faces(raw: RawFrame, faces: FloatArray, landmarks: FloatArray, painter: Painter,
+               signals: tuple[FaceSignals, ...] = (), signal_rows: tuple[int, ...] = ()) -> MaskedFrame:
+    """Copy the raw image, paint every face box's head region, and wrap it as a `MaskedFrame`; `signals`
+    are the clinical readings of the boxes at `signal_rows`."""
     image = raw.image.copy()
-    regions = painter.paint(image, faces, landmarks)
-    return masked_frame(raw, image, regions, landmarks)
+    regions = painter.paint(image, faces, landmarks, dict(zip(signal_rows, signals, strict=True)))
+    return masked_frame(raw, image, regions, landmarks, signals=signals)
 
 
 def mask_whole_frame(raw: RawFrame, color: tuple[int, ...] = (0, 0, 0)) -> MaskedFrame:

@@ -4,7 +4,8 @@ Why these styles: `solid` and `pixelate` cannot be undone. Pixelation averages t
 `pixel_blocks` blocks across the face and adds random noise to every block, so neither super-resolution nor
 averaging over frames recovers it. `blur` is opt-in and weaker: even a Gaussian blur of sigma 15 is still
 matched by face recognition, so it blurs strongly and adds noise, and should only be used where a
-reviewer needs to see a silhouette.
+reviewer needs to see a silhouette. `clinical` is solid with a schematic face drawn on it, moved only by
+the face's clinical signals (`template.py`).
 
 Every style replaces every pixel of the head region it paints (the leak judge relies on it: a region that
 still holds original pixels is a face showing).
@@ -20,14 +21,15 @@ import numpy.typing as npt
 
 from edge_mask.config import MaskConfig
 from edge_mask.core.registry import Registry
-from edge_mask.core.types import Image
+from edge_mask.core.types import FaceSignals, Image
 from edge_mask.mask.geometry import HeadShape, bounds, draw
 
 
 class Style(Protocol):
-    """Paints one head shape into a frame, in place; `face_w` is the face box's width (block sizes)."""
+    """Paints one head shape into a frame, in place; `face_w` is the face box's width (block sizes) and
+    `signals` the face's clinical reading when there is one (only the `clinical` style draws it)."""
 
-    def paint(self, image: Image, head: HeadShape, face_w: float) -> None: ...
+    def paint(self, image: Image, head: HeadShape, face_w: float, signals: FaceSignals | None = None) -> None: ...
 
 
 STYLES: Registry[Style] = Registry("mask.style")
@@ -63,7 +65,7 @@ class Solid:
         self.cfg = cfg
         self.color = color_of(cfg.color)
 
-    def paint(self, image: Image, head: HeadShape, face_w: float) -> None:
+    def paint(self, image: Image, head: HeadShape, face_w: float, signals: FaceSignals | None = None) -> None:
         draw(image, head, self.cfg.shape, self.color, 0, 0)
 
 
@@ -76,7 +78,7 @@ class _Stenciled:
     def replace(self, roi: Image, face_w: float) -> Image:
         raise NotImplementedError
 
-    def paint(self, image: Image, head: HeadShape, face_w: float) -> None:
+    def paint(self, image: Image, head: HeadShape, face_w: float, signals: FaceSignals | None = None) -> None:
         height, width = image.shape[:2]
         x1, y1, x2, y2 = bounds(head, width, height)
         if x2 <= x1 or y2 <= y1:
@@ -139,3 +141,10 @@ def _pixelate(cfg: MaskConfig, noise: Noise) -> Style:
 @STYLES.register("blur")
 def _blur(cfg: MaskConfig, noise: Noise) -> Style:
     return Blur(cfg, noise)
+
+
+@STYLES.register("clinical")
+def _clinical(cfg: MaskConfig, noise: Noise) -> Style:
+    from edge_mask.mask.template import ClinicalTemplate
+
+    return ClinicalTemplate(cfg, color_of(cfg.color))
