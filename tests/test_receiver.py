@@ -258,3 +258,36 @@ def test_receive_command_reports_a_missing_key_in_one_line(tmp_path: Path, capsy
     assert cli_main(["receive", "--config", str(config), "--duration", "1"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.key" in err[0] and "Traceback" not in err[0]
+
+
+def test_clinical_signals_travel_sealed_and_land_in_the_streams_csv(
+    fleet: Fleet, receiver: Receiver, clip: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame carrying signals is stored with them: one CSV row per face, in the stream's signals.csv; a
+    frame whose signals are not format 1 is still stored, without them."""
+    import csv
+    import dataclasses
+
+    from edge_mask.core.types import FaceSignals
+    from edge_mask.seal.signals import CSV_COLUMNS
+
+    masked, jpeg = clip[0]
+    reading = FaceSignals(track_id=5, openness=(0.97, 1.01), gaze=(0.02, -0.01), pose=(3.0, 1.0, -2.0), mouth=0.05)
+    with_signals = dataclasses.replace(masked, signals=(reading,))
+    sealer = fleet.sealer("dev1")
+    frame = sealer.seal(with_signals, jpeg)
+    assert receiver.handle(TOPIC, payload(frame.message)) == "stored"
+    stream_dir = receiver.cfg.output_dir / "dev1" / frame.stream_id.hex()
+    rows = list(csv.DictReader((stream_dir / "signals.csv").read_text().splitlines()))
+    assert list(rows[0]) == list(CSV_COLUMNS) and len(rows) == 1
+    assert rows[0]["seq"] == str(frame.seq) and rows[0]["track_id"] == "5" and rows[0]["yaw"] == "3.0"
+    assert rows[0]["openness_left"] == "1.01" and rows[0]["blink_duration_s"] == ""
+    index = [json.loads(line) for line in (stream_dir / "index.jsonl").read_text().splitlines()]
+    assert index[-1]["signals"][0]["mouth"] == 0.05
+    import edge_mask.seal.sealer as sealer_module
+
+    monkeypatch.setattr(sealer_module, "encode_signals", lambda signals, now: {"v": 9, "faces": "?"})
+    odd = sealer.seal(dataclasses.replace(clip[1][0], signals=(reading,)), clip[1][1])
+    assert receiver.handle(TOPIC, payload(odd.message)) == "stored"
+    assert receiver.counts["signals_malformed"] == 1
+    assert len(list(csv.DictReader((stream_dir / "signals.csv").read_text().splitlines()))) == 1

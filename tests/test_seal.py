@@ -397,3 +397,26 @@ def test_seal_benchmark_reports_each_size_and_aead(shared_data: Path) -> None:
     assert report["frames"] == 3 and len(seen) == 3 and row["size"] == "320x240"
     assert row["jpeg_bytes"] > 1000 and 150 < row["message_overhead_bytes"] < 1000  # header, enc, tag, sig, metadata
     assert {"encode_ms", "seal_ms", "sink_ms", "total_ms"} <= set(row)
+
+
+def test_the_signals_format_matches_its_documented_vector_and_reads_back(repo_root: Path) -> None:
+    """docs/format.md's signals vector is exactly what the code writes; the cloud reads it back into CSV
+    rows, and anything that is not format 1 is refused (the frame is kept without its signals)."""
+    from edge_mask.core.types import FaceSignals
+    from edge_mask.seal.signals import CSV_COLUMNS, SignalsError, decode, encode
+
+    doc = (repo_root / "docs" / "format.md").read_text()
+    block = re.search(r"<!-- vector:signals -->\n```\n(.+)\n```", doc)
+    assert block is not None
+    faces = (FaceSignals(track_id=3, openness=(0.982, 1.004), gaze=(-0.052, 0.013), pose=(4.25, -1.5, 0.75),
+                         mouth=0.041, blink_onset=99.9, blink_duration_s=0.1333333),
+             FaceSignals(track_id=4, openness=(None, 0.5)))
+    assert json.dumps(encode(faces, 100.0), separators=(",", ":")) == block.group(1)
+    rows = decode(json.loads(block.group(1)))
+    assert set(rows[0]) == set(CSV_COLUMNS[2:])
+    assert rows[0]["track_id"] == 3 and rows[0]["yaw"] == 4.25 and rows[0]["blink_duration_s"] == 0.133
+    assert rows[1]["openness_right"] is None and rows[1]["openness_left"] == 0.5
+    for bad in ({"v": 2, "faces": []}, {"v": 1, "faces": [{"id": "x"}]}, {"v": 1, "faces": [{"id": 1, "o": [1]}]},
+                {"v": 1, "faces": [{"id": 1, "p": [1, 2, True]}]}, [1, 2]):
+        with pytest.raises(SignalsError):
+            decode(bad)

@@ -58,7 +58,16 @@ from edge_mask.receiver.limits import DeviceLimiter
 from edge_mask.receiver.registry import DeviceRegistry
 from edge_mask.receiver.session import run_session
 from edge_mask.receiver.store import FrameStore, StorageFailure
-from edge_mask.seal import Ack, Opener, Reassembler, Refusal, ack_topic, load_recipient_private_key
+from edge_mask.seal import (
+    Ack,
+    Opener,
+    Reassembler,
+    Refusal,
+    SignalsError,
+    ack_topic,
+    decode_signals,
+    load_recipient_private_key,
+)
 from edge_mask.uplink import check_tls_files
 
 log = logging.getLogger(__name__)
@@ -240,16 +249,15 @@ class Receiver:
         if taken is not None:
             raise MessageError("replay", f"{device}/{stream_hex} seq {seq} is already stored with other content")
         meta = opened.metadata if isinstance(opened.metadata, dict) else {}
-        record = {
-            "captured_at": header.captured_at,
-            "received_at": round(now, 6),
-            "width": header.width,
-            "height": header.height,
-            "content_type": header.content_type,
-            "bytes": len(opened.image),
-            "faces": meta.get("faces"),
-            "fail_closed": meta.get("fail_closed"),
-        }
+        record = {"captured_at": header.captured_at, "received_at": round(now, 6), "width": header.width,
+                  "height": header.height, "content_type": header.content_type, "bytes": len(opened.image),
+                  "faces": meta.get("faces"), "fail_closed": meta.get("fail_closed")}
+        if "signals" in meta:
+            try:
+                record["signals"] = decode_signals(meta["signals"])
+            except SignalsError as exc:  # the device signed it: keep the frame, drop what cannot be read
+                self.counts["signals_malformed"] += 1
+                log.warning("receiver: %s/%s seq %d: %s; frame kept without its signals", device, stream_hex, seq, exc)
         if not self.store.staged:
             self._staged_since = mono
         self.store.stage(key, seq, opened.image, header.content_type, digest, record)

@@ -1,8 +1,9 @@
 """Where the receiver keeps frames: one folder per (device, stream), a JPEG per frame and a JSON-lines index.
 
 Layout: `<output_dir>/<device_id>/<stream_id hex>/frames/<seq>.jpg`, `.../index.jsonl` (one line per
-stored frame, in the order stored), optionally `.../video[-N].mp4`, and `<output_dir>/dedupe.sqlite3`, the
-durable record of taken slots (`dedupe.py`).
+stored frame, in the order stored), `.../signals.csv` (the clinical signals, one row per face per frame,
+when the device reads them; columns `seal.signals.CSV_COLUMNS`), optionally `.../video[-N].mp4`, and
+`<output_dir>/dedupe.sqlite3`, the durable record of taken slots (`dedupe.py`).
 
 Order of a save, and why: the image is written to a temp file, fsynced and renamed (`stage`); then, for a
 batch of staged frames (`commit`), their folders are fsynced (the renames), each stream's index lines are
@@ -38,7 +39,7 @@ from typing import Any
 
 from edge_mask.core.errors import UserError
 from edge_mask.receiver.dedupe import Dedupe, StreamKey, StreamStats
-from edge_mask.seal import fsync_dir
+from edge_mask.seal import SIGNAL_COLUMNS, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class _Staged:
     key: StreamKey
     line: str
     video: bytes | None
+    signals: list[str]
+    """Rows for the stream's `signals.csv` (clinical signals, one per face), if the frame carried any."""
 
 
 @dataclass(eq=False)
@@ -144,7 +147,9 @@ class FrameStore:
             ) from exc
         line = {"seq": seq, "file": f"frames/{path.name}", "digest": digest.hex(), **record}
         video = image if self.write_mp4 and content_type == "image/jpeg" else None
-        self._staged.append(_Staged(key, json.dumps(line, separators=(",", ":"), default=_jsonable), video))
+        rows = [_csv_row({"seq": seq, "captured_at": record.get("captured_at"), **face})
+                for face in record.get("signals", ())]
+        self._staged.append(_Staged(key, json.dumps(line, separators=(",", ":"), default=_jsonable), video, rows))
         self.dedupe.stage(key, seq, digest)
         return path
 
@@ -156,8 +161,10 @@ class FrameStore:
             return 0
         staged, self._staged = self._staged, []
         lines: dict[StreamKey, list[str]] = {}
+        signals: dict[StreamKey, list[str]] = {}
         for item in staged:
             lines.setdefault(item.key, []).append(item.line)
+            signals.setdefault(item.key, []).extend(item.signals)
         try:
             for key, batch in lines.items():
                 directory = self.directory(key)
@@ -166,6 +173,8 @@ class FrameStore:
                     fh.write("".join(line + "\n" for line in batch))
                     fh.flush()
                     os.fsync(fh.fileno())
+                if signals[key]:
+                    _append_signals(directory / "signals.csv", signals[key])
             self.dedupe.commit()
         except (OSError, sqlite3.Error) as exc:
             self.dedupe.unstage()
@@ -304,6 +313,20 @@ def _index_tail(path: Path) -> list[tuple[int, bytes]]:
             except (ValueError, KeyError, TypeError):
                 continue
         return entries
+
+
+def _csv_row(values: dict[str, Any]) -> str:
+    return ",".join("" if values.get(c) is None else str(values[c]) for c in SIGNAL_COLUMNS)
+
+
+def _append_signals(path: Path, rows: list[str]) -> None:
+    """Append rows to a stream's signals.csv (header first when it is new), fsynced. A re-delivered frame
+    whose index line never landed may repeat its rows: readers key rows by (seq, track_id)."""
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write((",".join(SIGNAL_COLUMNS) + "\n" if new else "") + "".join(r + "\n" for r in rows))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _detail(exc: Exception) -> str:

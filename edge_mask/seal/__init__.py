@@ -21,10 +21,14 @@ from edge_mask.seal.keys import (
     write_secret,
 )
 from edge_mask.seal.sealer import Opener, SealedFrame, Sealer
+from edge_mask.seal.signals import CSV_COLUMNS as SIGNAL_COLUMNS
+from edge_mask.seal.signals import SignalsError
+from edge_mask.seal.signals import decode as decode_signals
 from edge_mask.seal.wire import Reassembler, split_message
 
 __all__ = [
     "ENCODERS",
+    "SIGNAL_COLUMNS",
     "Ack",
     "Encoder",
     "Enrollment",
@@ -33,8 +37,10 @@ __all__ = [
     "Refusal",
     "SealedFrame",
     "Sealer",
+    "SignalsError",
     "ack_topic",
     "create_encoder",
+    "decode_signals",
     "fsync_dir",
     "generate_recipient",
     "generate_signing_key",

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge_mask.core.errors import MessageError
 from edge_mask.core.types import MaskedFrame
 from edge_mask.seal.keys import Enrollment, RecipientPrivateKey, RecipientPublicKey
+from edge_mask.seal.signals import encode as encode_signals
 from edge_mask.seal.wire import (
     STREAM_ID_LEN,
     FrameHeader,
@@ -75,13 +76,17 @@ class OpenedFrame:
 
 
 def frame_metadata(frame: MaskedFrame) -> dict[str, Any]:
-    """What travels sealed beside the image: face count, fail-closed flag, masked regions and landmarks."""
-    return {
+    """What travels sealed beside the image: face count, fail-closed flag, masked regions and landmarks, and
+    the clinical signals when the device reads them (`signals.py`)."""
+    metadata: dict[str, Any] = {
         "faces": int(frame.faces),
         "fail_closed": bool(frame.fail_closed),
         "regions": [[round(float(v), 1) for v in row] for row in frame.regions.reshape(-1, 4)],
         "landmarks": [[[round(float(v), 1) for v in pt] for pt in face] for face in frame.landmarks.reshape(-1, 5, 2)],
     }
+    if frame.signals:
+        metadata["signals"] = encode_signals(frame.signals, frame.monotonic)
+    return metadata
 
 
 def pack_plaintext(metadata: Mapping[str, Any] | None, image: bytes) -> bytes:
