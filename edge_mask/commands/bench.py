@@ -32,6 +32,7 @@ def register(subparsers: Any) -> None:
                         help="play SOURCE as a 30 fps camera through the whole service to a local mosquitto and "
                         "report capture->cloud-ack latency p50/p99 (a stand-in cloud answers) and CPU use")
     parser.add_argument("--seconds", type=float, default=20.0, metavar="S", help="--live: measured seconds")
+    parser.add_argument("--fps", type=float, default=30.0, metavar="F", help="--live: camera frame rate (default 30)")
     parser.add_argument("--cpus", metavar="LIST", help="--live: pin the service to these CPUs (e.g. 0: one core "
                         "stands in for a Raspberry Pi 5), the broker and stand-in cloud to the others")
     add_compare_arguments(parser)

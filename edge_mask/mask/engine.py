@@ -35,7 +35,7 @@ from edge_mask.mask.track import Tracker
 log = logging.getLogger(__name__)
 
 FAIL_REASONS = ("detector_error", "detector_timeout", "detector_busy", "too_many_faces", "mask_error")
-STAGES = ("detect", "track", "mask")
+STAGES = ("detect", "track", "clinical", "mask")
 SAMPLES = 4096
 """Latency samples kept per stage (a sliding window) for percentiles in stats and the benchmark."""
 
@@ -164,6 +164,7 @@ class FaceMasker:
             read = []
             if self.clinical is not None and seen:  # from the raw frame; painting works on a copy
                 read = self.clinical.read(frame.image, result.regions[:seen], result.track_ids[:seen], frame.monotonic)
+            clinical = time.perf_counter()
             masked = mask_faces(frame, result.regions, landmarks, self._painter,
                                 tuple(s for _, s in read), tuple(row for row, _ in read))
         except Exception:
@@ -178,7 +179,9 @@ class FaceMasker:
             self._counts["faces_read"] += len(masked.signals)
             self._samples["detect"].append(detected - started)
             self._samples["track"].append(tracked - detected)
-            self._samples["mask"].append(done - tracked)
+            if read:
+                self._samples["clinical"].append(clinical - tracked)
+            self._samples["mask"].append(done - clinical)
         return masked
 
     def warm_up(self, width: int, height: int) -> None:

@@ -70,12 +70,16 @@ class BenchResult:
         out = [f"source: {self.source} at {self.width}x{self.height}, {self.frames} frames in {self.seconds:.2f} s"]
         out.append(f"{'stage':<8}{'p50 ms':>10}{'p99 ms':>10}")
         for stage, values in self.stages.items():
-            out.append(f"{stage:<8}{values['p50']:>10.2f}{values['p99']:>10.2f}")
+            if stage != "clinical" or "faces_read" in self.extra:
+                out.append(f"{stage:<8}{values['p50']:>10.2f}{values['p99']:>10.2f}")
         verdict = ""
         if self.target_fps is not None:
             verdict = f" (target >= {self.target_fps:.0f}: {'met' if self.fps >= self.target_fps else 'NOT met'})"
         out.append(f"overall: {self.fps:.1f} frames/s{verdict}")
         out.append(f"faces masked: {self.faces}, frames failed closed: {self.fail_closed}")
+        if "faces_read" in self.extra:
+            out.append(f"clinical signals: {self.extra['faces_read']} faces read, "
+                       f"{self.extra['clinical_ms_per_face']:.2f} ms per face per frame (landmark models, one thread)")
         out.append(f"targets: {TARGET_NOTE}")
         return out
 
@@ -155,7 +159,16 @@ def run_bench(source: str, masker: Masker, frames: int = 300, size: tuple[int, i
         faces=int(after["faces_masked"]) - int(before["faces_masked"]),
         fail_closed=int(after["fail_closed"]) - int(before["fail_closed"]),
         target_fps=TARGETS.get((width, height)),
+        extra=_clinical_cost(samples["clinical"][skip["clinical"]:],
+                             int(after["faces_read"]) - int(before["faces_read"])),
     )
+
+
+def _clinical_cost(samples: list[float], faces_read: int) -> dict[str, Any]:
+    """With clinical signals on: faces read, and the landmark models' time per face per frame (one thread)."""
+    if not faces_read:
+        return {}
+    return {"faces_read": faces_read, "clinical_ms_per_face": round(1000 * sum(samples) / faces_read, 3)}
 
 
 def _summary(values: list[float]) -> dict[str, float]:

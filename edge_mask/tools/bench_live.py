@@ -45,6 +45,7 @@ def run_live_bench(
     warmup_s: float = 3.0,
     detector: dict[str, Any] | None = None,
     models_dir: Path | None = None,
+    sections: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the service on `clip` (looping, at `fps`) for `seconds` after warm-up; returns the figures."""
     from edge_mask.seal.keys import generate_recipient, generate_signing_key
@@ -73,6 +74,7 @@ def run_live_bench(
             }
             if detector:
                 settings["detector"] = detector
+            settings.update(sections or {})
             if models_dir:
                 settings["models"] = {"cache_dir": str(models_dir)}
             cfg = validate_config(settings, EdgeConfig)
@@ -215,7 +217,8 @@ def pin(cpus: str) -> None:
 
 
 def live_command(args: Any) -> int:
-    """`edge-mask bench SOURCE --live [--width W --height H] [--cpus LIST] [--config FILE] [--seconds S] [--json]`."""
+    """`edge-mask bench SOURCE --live [--width W --height H] [--fps F] [--cpus LIST] [--config FILE] [--seconds S]
+    [--json]`; the config's detector, models, tracker, mask and clinical sections apply."""
     import json
 
     from edge_mask.config import load_config
@@ -228,13 +231,17 @@ def live_command(args: Any) -> int:
         pin(args.cpus)
     detector: dict[str, Any] | None = None
     models_dir: Path | None = None
+    sections: dict[str, Any] = {}
     if args.config is not None:
         cfg = load_config(args.config, EdgeConfig)
         detector = cfg.detector.model_dump(mode="json")
         models_dir = cfg.models.cache_dir
+        sections = {name: getattr(cfg, name).model_dump(mode="json") for name in ("tracker", "mask", "clinical")}
+    if args.fps <= 0:
+        raise UserError(f"--fps {args.fps}: pass a positive frame rate")
     report = run_live_bench(
-        Path(args.source), width=args.width, height=args.height, seconds=args.seconds,
-        detector=detector, models_dir=models_dir,
+        Path(args.source), width=args.width, height=args.height, fps=args.fps, seconds=args.seconds,
+        detector=detector, models_dir=models_dir, sections=sections,
     )
     print(json.dumps(report) if args.json else format_report(report))
     return 0
