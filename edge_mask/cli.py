@@ -21,7 +21,9 @@ from edge_mask.core.errors import UserError
 log = logging.getLogger("edge_mask")
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS: tuple[str, ...] = ("mask", "bench", "models", "receive", "run", "doctor", "eval", "provision", "demo")
+COMMANDS: tuple[str, ...] = (
+    "mask", "bench", "models", "receive", "signals", "run", "doctor", "eval", "provision", "demo",
+)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -216,9 +216,12 @@ def test_the_clinical_style_replaces_every_head_pixel_and_moves_only_with_the_si
         style.paint(image, head, 100.0, reading)
         return image
 
-    rest = painted(None)
+    rest = painted(FaceSignals(track_id=1))  # every value gated: the template at rest
     assert not np.any(np.all(rest == original, axis=2) & inside), "an original pixel survived in the head"
     assert np.array_equal(rest[~inside], original[~inside]), "only the head is painted"
+    unread = painted(None)
+    assert not np.any(np.all(unread == original, axis=2) & inside) and len(np.unique(unread[inside], axis=0)) == 1, \
+        "a region without a reading is plain solid"
     open_eyes = painted(FaceSignals(track_id=1, openness=(1.0, 1.0), gaze=(0.0, 0.0), pose=(0.0, 0.0, 0.0), mouth=0.0))
     closed = painted(FaceSignals(track_id=1, openness=(0.0, 0.0), gaze=(0.0, 0.0), pose=(0.0, 0.0, 0.0), mouth=0.0))
     aside = painted(FaceSignals(track_id=1, openness=(1.0, 1.0), gaze=(0.2, 0.0), pose=(0.0, 0.0, 0.0), mouth=0.0))
@@ -227,3 +230,55 @@ def test_the_clinical_style_replaces_every_head_pixel_and_moves_only_with_the_si
     other_person = painted(FaceSignals(track_id=7, openness=(1.0, 1.0), gaze=(0.0, 0.0), pose=(0.0, 0.0, 0.0),
                                        mouth=0.0, absolute_openness=(0.12, 0.31)))
     assert np.array_equal(other_person, open_eyes), "only the standard-tier signals move the template"
+
+
+def test_a_signing_session_travels_sealed_to_the_cloud_csv_and_plot(
+    landmarker: object, shared_data: Path, model_cache: ModelsConfig, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A real clip (an ASL signer, every frame for two seconds) through the masker with clinical signals
+    and the clinical style, sealed by the device's Sealer, opened and stored by the receiver: the stream's
+    signals.csv holds one row per frame read, and `edge-mask signals` draws it."""
+    import csv
+
+    import cv2
+    from support.fleet import make_fleet
+
+    from edge_mask.capture import VideoReader
+    from edge_mask.cli import main
+    from edge_mask.config import EdgeConfig, validate_config
+    from edge_mask.core.types import RawFrame
+    from edge_mask.mask import build_masker
+    from edge_mask.receiver.receiver import Receiver
+    from edge_mask.seal.wire import split_message
+
+    fleet = make_fleet(tmp_path / "fleet")
+    cfg = validate_config({"device_id": "dev1", "models": model_cache.model_dump(mode="json"),
+                           "detector": {"precision": "fp32", "deadline_ms": 10_000},
+                           "clinical": {"signals": "standard"}, "mask": {"style": "clinical"}}, EdgeConfig)
+    masker, sealer = build_masker(cfg), fleet.sealer("dev1")
+    receiver = Receiver(fleet.receiver_config(tmp_path / "received"))
+    read = 0
+    try:
+        with VideoReader(shared_data / "video" / "asl" / "again.mkv") as reader:
+            for index, image in enumerate(reader):
+                if index >= 60:
+                    break
+                masked = masker.process(RawFrame(image=image, seq=index, captured_at=1767225600.0 + index / 30,
+                                                 monotonic=index / 30))
+                assert masked is not None and not masked.fail_closed
+                read += len(masked.signals)
+                _, jpeg = cv2.imencode(".jpg", masked.image)
+                (chunk,) = split_message(sealer.seal(masked, jpeg.tobytes()).message, 1 << 20)
+                assert receiver.handle("edge-mask/dev1/frames", chunk, now=1767225600.0 + index / 30) == "stored"
+    finally:
+        masker.close()
+        receiver.store.close()
+    (stream_dir,) = (tmp_path / "received" / "dev1").iterdir()
+    rows = list(csv.DictReader((stream_dir / "signals.csv").read_text().splitlines()))
+    assert read >= 55 and len(rows) == read, "the signer's face is read on (nearly) every frame"
+    assert all(row["yaw"] != "" for row in rows[:5]), "a frontal signer: pose read from the first frame"
+    assert main(["signals", str(stream_dir)]) == 0
+    plot = Path(capsys.readouterr().out.strip())
+    image = cv2.imread(str(plot))
+    assert plot == stream_dir / "signals.png" and image is not None and image.shape[1] == 900

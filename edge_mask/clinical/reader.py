@@ -24,6 +24,10 @@ from edge_mask.core.types import FaceSignals, FloatArray, Image
 
 log = logging.getLogger(__name__)
 
+PRESENCE_MIN = 0.0
+"""The face model's presence logit below which a box is not read (sigmoid 0.5): on the ASL clips the
+signers' faces score 3 to 20, hands the detector took for faces -11 to -1, and a face cut by the frame edge
+about -1 (its points would be guesses)."""
 FORGET_AFTER_S = 5.0
 """A track unseen this long is forgotten with its baselines (a new person may take its place)."""
 
@@ -56,6 +60,8 @@ class ClinicalReader:
                 self.errors += 1
                 log.exception("clinical: reading face %d failed; left out of this frame's signals", track)
                 continue
+            if marks.presence < PRESENCE_MIN:
+                continue  # masked all the same; there is no face here to read
             reading = session.update(marks, now)
             absolute = None
             if self.cfg.signals == "ophthalmic" and reading.pose is not None:

@@ -1,12 +1,14 @@
 """The `clinical` mask style: the head masked solid, and on it one schematic face, the same for everyone,
-moved only by the face's standard-tier signals (issue 13).
+moved only by the face's standard-tier signals (issue 13). A region with no reading this frame (a face held
+from earlier frames, a hand the detector took for a face, signals off) stays plain solid: the template
+means "a face, read".
 
 Why a template and not a reconstruction: no shape of the person is drawn. The outline, eyes, irises and
 mouth sit at fixed places of the head shape; the signals (relative openness, relative gaze, pose relative
 to the session's start, mouth opening) only open and close the lids, move the irises, shift the features
 as the head turns and open the mouth. A reviewer sees that the patient blinks, looks left or turns; nobody
-sees who it is. A face with no reading (held from earlier frames, turned away, signals off) gets the
-template at rest: eyes open, looking ahead.
+sees who it is. A reading with gated values (head turned, an eye occluded) draws those parts at rest: eyes
+open, looking ahead.
 
 Every pixel of the head region is replaced first (the solid fill), then the template is drawn inside it.
 """
@@ -44,11 +46,13 @@ class ClinicalTemplate:
 
     def paint(self, image: Image, head: HeadShape, face_w: float, signals: FaceSignals | None = None) -> None:
         draw(image, head, self.cfg.shape, self.color, 0, 0)
+        if signals is None:
+            return
         inner = HeadShape(head.cx, head.cy, head.a * 0.86, head.b * 0.9, head.angle)
         draw(image, inner, "ellipse", SKIN, 0, 0)
         theta = math.radians(head.angle)
         across, down = (math.cos(theta), math.sin(theta)), (-math.sin(theta), math.cos(theta))
-        yaw, pitch = (signals.pose[0], signals.pose[1]) if signals is not None and signals.pose else (0.0, 0.0)
+        yaw, pitch = (signals.pose[0], signals.pose[1]) if signals.pose else (0.0, 0.0)
         shift_u = MAX_SHIFT * math.sin(math.radians(max(-90.0, min(90.0, yaw))))
         shift_v = MAX_SHIFT * math.sin(math.radians(max(-90.0, min(90.0, pitch))))
 
@@ -57,8 +61,8 @@ class ClinicalTemplate:
             y = head.cy + (u + shift_u) * inner.a * across[1] + (v + shift_v) * inner.b * down[1]
             return round(x), round(y)
 
-        gaze = signals.gaze if signals is not None and signals.gaze else (0.0, 0.0)
-        openness = signals.openness if signals is not None else (None, None)
+        gaze = signals.gaze if signals.gaze else (0.0, 0.0)
+        openness = signals.openness
         thick = max(1, round(inner.a * 0.03))
         for side, value in ((-1.0, openness[0]), (1.0, openness[1])):
             centre = at(side * EYE_AT[0], EYE_AT[1])
@@ -69,7 +73,7 @@ class ClinicalTemplate:
                         centre[1] + round(gaze[0] * 2 * axes[0] * across[1] + gaze[1] * 2 * axes[1] * down[1]))
                 cv2.circle(image, iris, max(1, min(axes[1], round(0.45 * axes[0]))), INK, thickness=-1)
             cv2.ellipse(image, centre, (axes[0], max(1, axes[1])), head.angle, 0, 360, INK, thickness=thick)
-        mouth = signals.mouth if signals is not None and signals.mouth is not None else 0.0
+        mouth = signals.mouth if signals.mouth is not None else 0.0
         mouth_axes = (max(1, round(0.28 * inner.a)), max(1, round(min(mouth, 1.0) * 0.28 * inner.a)))
         cv2.ellipse(image, at(0.0, MOUTH_AT), mouth_axes, head.angle, 0, 360, INK, thickness=-1)
 
