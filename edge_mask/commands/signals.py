@@ -17,7 +17,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_mask.receiver.plots import draw_signals
+    from edge_mask.receiver import draw_signals
 
     print(draw_signals(args.stream, args.output))
     return 0

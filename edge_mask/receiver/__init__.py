@@ -5,7 +5,8 @@ ground; never capture/, detect/, mask/, service/ or tools/. It holds the recipie
 never does.
 """
 
+from edge_mask.receiver.plots import draw_signals
 from edge_mask.receiver.receiver import Receiver, topic_device
 from edge_mask.receiver.store import StorageError
 
-__all__ = ["Receiver", "StorageError", "topic_device"]
+__all__ = ["Receiver", "StorageError", "draw_signals", "topic_device"]
