@@ -93,5 +93,5 @@ def build_reader(cfg: ClinicalConfig, models: ModelsConfig) -> ClinicalReader | 
 
     face = resolve_model(cfg.face_model, models, "fp32")
     iris = resolve_model(cfg.iris_model, models, "fp32")
-    log.info("clinical: %s signals from %s and %s", cfg.signals, Path(face).name, Path(iris).name)
+    log.debug("clinical: %s signals from %s and %s", cfg.signals, Path(face).name, Path(iris).name)
     return ClinicalReader(cfg, Landmarker(face, iris, cfg.threads))

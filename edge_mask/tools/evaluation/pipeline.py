@@ -76,10 +76,13 @@ def build_detector(cfg: EdgeConfig) -> SharedDetector:
 
 def new_masker(cfg: EdgeConfig, detector: SharedDetector, deadline_ms: float = EVAL_DEADLINE_MS) -> Any:
     """A fresh `FaceMasker` (fresh tracker) over a shared detector, masking as the product does: on sight
-    from the detector's threshold, weaker detections only where they extend a held face."""
+    from the detector's threshold, weaker detections only where they extend a held face; with the config's
+    clinical signals read (and drawn by the clinical style) when they are on."""
+    from edge_mask.clinical import build_reader
     from edge_mask.mask.engine import FaceMasker
 
-    return FaceMasker(detector, cfg.tracker, cfg.mask, deadline_ms, sight=cfg.detector.threshold)
+    return FaceMasker(detector, cfg.tracker, cfg.mask, deadline_ms, sight=cfg.detector.threshold,
+                      clinical=build_reader(cfg.clinical, cfg.models))
 
 
 def mask_still(

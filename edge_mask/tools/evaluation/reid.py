@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 MATCH = 0.6
 MAX_SIDE = 1024
 STYLES = ("original", "solid", "pixelate", "blur", "deface")
+KNOWN_STYLES = (*STYLES, "clinical")
+"""`clinical` (the schematic face, issue 13) is asked for by name: `--styles clinical`."""
 INSTALL_HINT = (
     "install the attacker with `pip install dlib-bin face_recognition_models` and "
     "`pip install --no-deps face_recognition` (or `pip install -e '.[eval]'` then the --no-deps step)"
@@ -129,13 +131,16 @@ def maskers(cfg: EdgeConfig, styles: Sequence[str]) -> tuple[dict[str, Callable[
             judge = CenterFaceJudge(threshold=0.2)
             owned.append(judge)
             functions[style] = deface_default(judge)
-        elif style in ("solid", "pixelate", "blur"):
+        elif style in ("solid", "pixelate", "blur", "clinical"):
             styled = with_mask(cfg, style=style)
+            if style == "clinical" and styled.clinical.signals == "off":  # the template moves with the signals
+                standard = styled.clinical.model_copy(update={"signals": "standard"})
+                styled = styled.model_copy(update={"clinical": standard})
             detector = build_detector(styled)
             owned.append(detector)
             functions[style] = _product_masker(styled, detector)
         else:
-            raise UserError(f"unknown mask style {style!r}; expected some of {', '.join(STYLES)}")
+            raise UserError(f"unknown mask style {style!r}; expected some of {', '.join(KNOWN_STYLES)}")
     return functions, owned
 
 
