@@ -69,6 +69,27 @@ def test_demo_with_the_embedded_broker(shared_data: Path, model_cache: ModelsCon
     assert summary["lost"] == 0 and summary["masked_faces"] > 0
 
 
+@pytest.mark.slow
+def test_demo_clinical_shows_the_template_and_plots_the_signals(
+    shared_data: Path, model_cache: ModelsConfig, tmp_path: Path
+) -> None:
+    """`edge-mask demo --clinical`: a signer's clip through the whole system with clinical signals and the
+    clinical style; every frame delivered, and the cloud side draws the stream's signals."""
+    import cv2
+    import numpy as np
+
+    from edge_mask.mask.template import SKIN
+
+    summary = _demo(["--clinical", "--frames", "40"], model_cache, tmp_path / "run")
+    assert summary["captured"] == summary["delivered"] == summary["verified"] == summary["decrypted"] == 40
+    assert summary["lost"] == 0 and summary["masked_faces"] >= 40
+    assert "asl" in summary["source"]
+    frame = cv2.imread(str(sorted(Path(summary["frames_dir"]).glob("*.jpg"))[20]))
+    assert np.sum(np.all(np.abs(frame.astype(int) - SKIN) <= 6, axis=2)) > 500, "the schematic face is drawn"
+    plot = Path(summary["signals_plot"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_demo_refuses_a_non_empty_out_dir(tmp_path: Path) -> None:
     (tmp_path / "something").write_text("x")
     proc = subprocess.run([sys.executable, "-m", "edge_mask", "demo", "--out", str(tmp_path)],

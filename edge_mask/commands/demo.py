@@ -3,6 +3,7 @@
   edge-mask demo                       # the shared clip (else camera 0, else a synthetic pattern)
   edge-mask demo --frames 120 --json   # for scripts: the last stdout line is one JSON object
   edge-mask demo --source clip.mp4 --out demo-run
+  edge-mask demo --clinical            # a signer's clip: the clinical style and the signals plot
 
 Everything is written under a new directory (a temporary one unless --out): the throw-away CA and keys,
 the device's spool, and the receiver's decrypted masked frames, MP4 and a contact sheet PNG.
@@ -30,6 +31,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
                         help="auto: Mosquitto when installed, else the embedded broker")
     parser.add_argument("--json", action="store_true", help="end with one JSON line (the summary)")
+    parser.add_argument("--clinical", action="store_true",
+                        help="read clinical signals, mask in the clinical style and plot the signals at the cloud")
     parser.set_defaults(func=run)
 
 
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(f"demo: {message}", file=sys.stderr if args.json else sys.stdout, flush=True)
 
-    summary = run_demo(frames=args.frames, source=args.source, out=args.out, broker=args.broker, say=say)
+    summary = run_demo(frames=args.frames, source=args.source, out=args.out, broker=args.broker, say=say,
+                       clinical=args.clinical)
     ok = summary["lost"] == 0 and summary["delivered"] == summary["verified"] == summary["decrypted"]
     if args.json:
         print(json.dumps(summary, sort_keys=True), flush=True)
@@ -58,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"masked frames     {summary['frames_dir']}")
     print(f"video             {summary['video']}")
     print(f"contact sheet     {summary['contact_sheet']}")
+    if args.clinical:
+        print(f"signals plot      {summary.get('signals_plot')}")
     print(f"everything        {summary['output_dir']}")
     print("OK" if ok else "PROBLEM: see the counts above and the log")
     return 0 if ok else 1

@@ -49,6 +49,8 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 DEFAULT_CLIP = SHARED / "data" / "video" / "short_hamilton_clip.mp4"
 DEVICE_ID = "demo-cam-01"
+CLINICAL_CLIP = SHARED / "data" / "video" / "asl" / "again.mkv"
+"""`--clinical` plays a frontal face (a signer) by default: the clinical view reads eyes and pose."""
 DEFAULT_LIVE_FRAMES = 150
 Say = Callable[[str], None]
 
@@ -214,8 +216,11 @@ def run_demo(
     out: Path | None = None,
     broker: str = "auto",
     say: Say = lambda message: log.info("%s", message),
+    clinical: bool = False,
 ) -> dict[str, Any]:
-    """Provision, start broker + receiver + device service, run the source, and return the summary."""
+    """Provision, start broker + receiver + device service, run the source, and return the summary. With
+    `clinical`, the device reads clinical signals and masks in the clinical style, and the summary adds the
+    stream's signals plot."""
     from edge_mask.receiver.receiver import Receiver
     from edge_mask.service.live import Service
 
@@ -226,6 +231,8 @@ def run_demo(
         raise UserError(f"--out {root}: directory is not empty; give a new or empty directory")
     root.mkdir(parents=True, exist_ok=True)
     root = root.resolve()
+    if clinical and source is None and CLINICAL_CLIP.is_file():
+        source = str(CLINICAL_CLIP)
     src = choose_source(source, frames, say)
     port = free_port()
 
@@ -241,6 +248,12 @@ def run_demo(
         "camera": src.camera,
         "detector": device_cfg.detector.model_copy(update={"precision": precision}),
     })
+    if clinical:
+        ensure_landmark_models(device_cfg.models, say)
+        device_cfg = device_cfg.model_copy(update={
+            "clinical": device_cfg.clinical.model_copy(update={"signals": "standard"}),
+            "mask": device_cfg.mask.model_copy(update={"style": "clinical"}),
+        })
     receiver_cfg = load_config(root / "cloud" / "receiver.toml", ReceiverConfig)
     receiver_cfg = receiver_cfg.model_copy(update={"mp4_fps": src.fps})
     counter = [0]
@@ -261,7 +274,31 @@ def run_demo(
         finally:
             stop.set()
             thread.join(timeout=15)
-    return _summary(root, receiver_cfg, stats, receiver.summary(), broker_kind, src.description)
+    summary = _summary(root, receiver_cfg, stats, receiver.summary(), broker_kind, src.description)
+    if clinical:
+        from edge_mask.receiver import draw_signals
+
+        streams = sorted(receiver_cfg.output_dir.glob(f"{DEVICE_ID}/*/signals.csv"))
+        summary["signals_plot"] = str(draw_signals(streams[0].parent, root / "signals.png")) if streams else None
+    return summary
+
+
+def ensure_landmark_models(models: ModelsConfig, say: Say) -> None:
+    """The clinical view's models in the cache: built (once) from the pinned MediaPipe wheel, which pip
+    downloads into the repository's .cache/wheels when it is not there."""
+    from edge_mask.detect.models import check_cached, load_manifest
+    from edge_mask.tools.landmark_models import DEFAULT_FACES, MODELS, build_landmark_models
+
+    manifest = load_manifest()
+    if all(check_cached(manifest.get(m.id), models, manifest)[0] for m in MODELS):
+        return
+    wheels = REPO / ".cache" / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    say("model: building the face and iris landmark models from the pinned MediaPipe wheel (once)")
+    report = build_landmark_models(Path(models.cache_dir), DEFAULT_FACES, [wheels],
+                                   progress=lambda m: log.info("%s", m))
+    if not report["passed"]:
+        raise UserError("the landmark models failed their parity check against TFLite; see the log")
 
 
 def _wait_delivered(receiver: Any, expected: int, timeout: float) -> None:
