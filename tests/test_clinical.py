@@ -282,3 +282,25 @@ def test_a_signing_session_travels_sealed_to_the_cloud_csv_and_plot(
     plot = Path(capsys.readouterr().out.strip())
     image = cv2.imread(str(plot))
     assert plot == stream_dir / "signals.png" and image is not None and image.shape[1] == 900
+
+
+def test_the_linkage_attack_links_distinct_streams_and_not_alike_ones() -> None:
+    """The linkage measure itself: clips whose signals differ in level link their halves every time;
+    clips whose signals are drawn alike link about as often as chance (1 in 10)."""
+    from edge_mask.core.types import FaceSignals
+    from edge_mask.tools.evaluation.linkage import link_halves
+
+    rng = np.random.default_rng(11)
+
+    def stream(level: float) -> list[FaceSignals]:
+        sd = 0.01 + level  # a clip apart in every feature: its levels and its spreads
+        return [FaceSignals(track_id=1, openness=(1 + level + rng.normal(0, sd), 1 - level + rng.normal(0, sd)),
+                            gaze=(level + rng.normal(0, sd), -level + rng.normal(0, sd)),
+                            pose=(rng.normal(0, sd), rng.normal(0, sd), rng.normal(0, sd)),
+                            mouth=level + abs(rng.normal(0, sd)), blink_onset=0.0 if rng.random() < level else None)
+                for _ in range(200)]
+
+    distinct = link_halves({f"clip{i}": stream(0.05 * i) for i in range(10)}, "standard")
+    assert distinct["linked"] == 10 and distinct["chance"] == pytest.approx(0.1)
+    alike = link_halves({f"clip{i}": stream(0.1) for i in range(10)}, "standard")
+    assert alike["linked"] <= 3

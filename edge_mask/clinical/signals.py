@@ -5,7 +5,8 @@ Why relative: people's eyes differ (a fixed openness cut-off calls narrow eyes c
 reading says less about who someone is (issue 13: absolute per-eye openness linked halves of the same
 person's clips 78% of the time, relative gaze 11%). So each eye's openness is divided by its own rolling
 baseline (a high percentile of that eye's recent readings: the eye as it looks open), gaze is the iris offset
-minus its session median, head pose is relative to the pose at the session's start.
+minus its session median, head pose is relative to the pose at the session's start, mouth opening is the
+opening above the mouth's own rest.
 
 Readings are gated: none for a face turned more than `MAX_YAW_DEG` or rolled more than `MAX_ROLL_DEG` (the
 models read profiles badly), and none for an eye whose contour is not a plausible eye (a hand over it).
@@ -30,6 +31,9 @@ BASELINE_S = 10.0
 BASELINE_PERCENTILE = 80.0
 """The baseline is this percentile of the eye's recent openness: open, not wide-eyed, not mid-blink."""
 MIN_BASELINE_READINGS = 5
+MOUTH_REST_PERCENTILE = 10.0
+"""The mouth at rest: this percentile of its recent opening; the reading is the opening above it (a
+person's lips at rest differ, and an absolute gap would say whose they are)."""
 CLOSED_BELOW = 0.5
 """An eye is closed when its openness is under this share of its baseline (both eyes, for a blink)."""
 MAX_BLINK_S = 0.5
@@ -122,6 +126,7 @@ class Reading:
     pose: tuple[float, float, float] | None
     """Yaw, pitch, roll in degrees relative to the session's first reading."""
     mouth: float | None
+    """Mouth opening above the face's own rest (0 = as closed as usual)."""
     blink: Blink | None = None
     """A blink that ended with this frame."""
 
@@ -147,6 +152,7 @@ class FaceSession:
         self._eyes = (_EyeBaseline(), _EyeBaseline())
         self._start_pose: tuple[float, float, float] | None = None
         self._gazes: deque[tuple[float, float, float]] = deque()
+        self._mouths: deque[tuple[float, float]] = deque()
         self._closed_since: float | None = None
         self.blinks: list[Blink] = []
 
@@ -170,7 +176,12 @@ class FaceSession:
         centre = np.median(np.array([(a, c) for _, a, c in self._gazes]), axis=0)
         relative_gaze = (float(along - centre[0]), float(across - centre[1]))
         blink = self._blink(now, openness)
-        return Reading(now, (openness[0], openness[1]), relative_gaze, pose, mouth_opening(landmarks.mesh), blink)
+        mouth = mouth_opening(landmarks.mesh)
+        self._mouths.append((now, mouth))
+        while self._mouths and now - self._mouths[0][0] > BASELINE_S:
+            self._mouths.popleft()
+        closed = float(np.percentile([m for _, m in self._mouths], MOUTH_REST_PERCENTILE))
+        return Reading(now, (openness[0], openness[1]), relative_gaze, pose, max(0.0, mouth - closed), blink)
 
     def _blink(self, now: float, openness: list[float | None]) -> Blink | None:
         if any(value is None for value in openness):

@@ -59,6 +59,11 @@ def register(subparsers: Any) -> None:
     _common(reid)
     reid.set_defaults(func=run_reid)
 
+    linkage = sub.add_parser("linkage", help="do the clinical signals link halves of the same recording?")
+    linkage.add_argument("videos", nargs="*", type=Path, metavar="VIDEO", help="default: the shared ASL clips")
+    _common(linkage)
+    linkage.set_defaults(func=run_linkage)
+
     report = sub.add_parser("report", help="run all evaluations and regenerate docs/evaluation.md")
     report.add_argument("--shared", type=Path, default=None, help="shared data folder (default ../shared)")
     report.add_argument("--out", type=Path, default=REPO / "docs" / "evaluation.md", help="Markdown to write")
@@ -78,7 +83,8 @@ def register(subparsers: Any) -> None:
 def _common(parser: argparse.ArgumentParser, with_json: bool = True) -> None:
     parser.add_argument("--config", type=Path, default=None, help="device config to evaluate (default settings)")
     parser.add_argument("--model-cache", type=Path, default=None, help="model cache folder (overrides the config)")
-    parser.add_argument("--style", choices=("solid", "pixelate", "blur"), default=None, help="mask style to use")
+    parser.add_argument("--style", choices=("solid", "pixelate", "blur", "clinical"), default=None,
+                        help="mask style to use")
     parser.add_argument("--threshold", type=float, default=None, help="detector score threshold")
     if with_json:
         parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -242,3 +248,20 @@ def run_report(args: argparse.Namespace) -> int:
     for name, message in results.get("errors", {}).items():
         print(f"section {name} did not run: {message}")
     return 1 if results.get("errors") else 0
+
+
+def run_linkage(args: argparse.Namespace) -> int:
+    from edge_mask.tools.evaluation.linkage import run_linkage as linkage
+
+    clips = list(args.videos) or sorted((_shared() / "data" / "video" / "asl").glob("*.mkv"))
+    if not clips:
+        raise UserError("no clips: pass VIDEO paths or place the shared data (EDGE_MASK_SHARED)")
+    report = linkage(clips, _cfg(args))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    for tier, result in report.items():
+        print(f"{tier:<11} {result['linked']} of {result['clips']} clips' halves linked to each other "
+              f"(chance {100 * result['chance']:.0f}%, target at most {100 * result['chance'] + 10:.0f}%)")
+    return 0
+
