@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from edge_mask.config import EdgeConfig, ModelsConfig, OnnxDetectorConfig
+from edge_mask.config import ClinicalConfig, EdgeConfig, MaskConfig, ModelsConfig, OnnxDetectorConfig
 from edge_mask.core.types import Detections, Image, RawFrame
 from edge_mask.detect import create_detector
 from edge_mask.mask.engine import FaceMasker, build_masker
@@ -115,6 +115,42 @@ def test_judge_finds_no_face_in_masked_frames(
           f"{stats['fail_closed']} fail-closed of {stats['frames']} frames -> {target}")
     assert judged_faces > 0, "the judge found no face in the original clip: the check would be empty"
     assert leaks == 0, f"{clip}: judge found faces in masked frames {leak_frames}"
+
+
+@pytest.mark.parametrize("clip", ["asl/again.mkv", "asl/bird.mkv"])
+def test_the_clinical_style_leaks_nothing_and_the_judge_reads_no_template(
+    clip: str, shared_data: Path, model_cache: ModelsConfig, judge: CenterFaceJudge, repo_root: Path
+) -> None:
+    """Issue 13: with clinical signals read and the schematic face drawn on every face, the judge finds no
+    original face on any frame (a judge box over a template holds no original pixel, so it is not a leak:
+    `showing_original`) and no face anywhere else in the masked frames."""
+    from edge_mask.detect.models import check_cached, load_manifest
+    from edge_mask.tools.landmark_models import DEFAULT_FACES, build_landmark_models, find_wheel
+
+    manifest = load_manifest()
+    if not all(check_cached(manifest.get(m), model_cache, manifest)[0] for m in ("face-landmark", "iris-landmark")):
+        wheels = repo_root / ".cache" / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        find_wheel([wheels], wheels, offline=False)
+        build_landmark_models(Path(model_cache.cache_dir), DEFAULT_FACES, [wheels], offline=True,
+                              progress=lambda _: None)
+    cfg = masker_config(model_cache).model_copy(update={
+        "clinical": ClinicalConfig(signals="standard"), "mask": MaskConfig(style="clinical")})
+    masker = build_masker(cfg)
+    leaks = elsewhere = read = 0
+    try:
+        for index, stamp, image in iter_video(shared_data / "video" / clip):
+            out = masker.process(RawFrame(image, seq=index, captured_at=stamp, monotonic=stamp))
+            assert out is not None
+            read += len(out.signals)
+            original = judge.detect(image).boxes
+            masked = judge.detect(out.image).boxes
+            leaks += int(leaked_in_frame(original, masked[showing_original(image, out.image, masked)]).sum())
+            elsewhere += int(np.sum(~leaked_in_frame(masked, original))) if len(masked) else 0
+    finally:
+        masker.close()
+    assert read > 40, "the templates were drawn from real readings"
+    assert leaks == 0 and elsewhere == 0, f"{clip}: {leaks} leaks, {elsewhere} judge faces outside the originals"
 
 
 class Faulty:
