@@ -39,7 +39,7 @@ BAD_CONFIGS = [
     ("threshold_out_of_range", GOOD + "[detector]\nthreshold = 1.5\n",
      r"detector\.threshold = 1\.5: Input should be less than or equal to 1"),
     ("unknown_mask_style", GOOD + "[mask]\nstyle = 'sparkle'\n",
-     r"mask\.style = \"sparkle\": Input should be 'solid', 'pixelate' or 'blur'"),
+     r"mask\.style = \"sparkle\": Input should be 'solid', 'pixelate', 'blur' or 'clinical'"),
     ("port_out_of_range", GOOD + "[uplink.broker]\nport = 70000\n",
      r"uplink\.broker\.port = 70000: Input should be less than or equal to 65535"),
     ("metrics_on_public_address", GOOD + "[service]\nprometheus_port = 9100\nprometheus_host = '0.0.0.0'\n",
