@@ -65,35 +65,37 @@ def test_a_blink_is_found_with_its_onset_and_duration_relative_to_the_eyes_own_b
     """Narrow eyes (openness 0.15) are this person's open; a closure to 0.03 for 4 frames is one blink."""
     session = FaceSession()
     readings = []
-    pattern = [0.15] * 20 + [0.03] * 4 + [0.15] * 10
+    pattern = [0.15] * (MIN_BASELINE_READINGS + 5) + [0.03] * 4 + [0.15] * 10
     for i, value in enumerate(pattern):
         readings.append(session.update(face(value), i / FPS))
     assert readings[MIN_BASELINE_READINGS].openness[0] == pytest.approx(1.0)  # relative: open = 1
-    assert readings[21].openness[0] is not None and readings[21].openness[0] < CLOSED_BELOW
+    assert readings[MIN_BASELINE_READINGS + 6].openness[0] is not None
+    assert readings[MIN_BASELINE_READINGS + 6].openness[0] < CLOSED_BELOW
     blinks = [r.blink for r in readings if r.blink is not None]
     assert len(blinks) == 1
-    assert blinks[0].onset == pytest.approx(20 / FPS) and blinks[0].duration_s == pytest.approx(4 / FPS)
+    start = MIN_BASELINE_READINGS + 5
+    assert blinks[0].onset == pytest.approx(start / FPS) and blinks[0].duration_s == pytest.approx(4 / FPS)
     assert session.blink_rate(len(pattern) / FPS) == pytest.approx(1.0)  # one blink in the last minute
 
 
 def test_eyes_closed_for_long_is_not_a_blink_and_a_turned_head_reads_nothing() -> None:
     session = FaceSession()
-    for i in range(20):
+    for i in range(30):
         session.update(face(0.2), i / FPS)
-    for i in range(20, 50):  # a second of closed eyes
+    for i in range(30, 60):  # a second of closed eyes
         session.update(face(0.02), i / FPS)
-    assert session.update(face(0.2), 50 / FPS).blink is None
-    turned = session.update(face(0.2, yaw_deg=45.0), 51 / FPS)
+    assert session.update(face(0.2), 60 / FPS).blink is None
+    turned = session.update(face(0.2, yaw_deg=45.0), 61 / FPS)
     assert turned.openness == (None, None) and turned.gaze is None and turned.pose is None
 
 
 def test_an_implausible_eye_contour_gives_no_openness() -> None:
     """A hand over the eye gives the model nothing eye-like to outline: no reading, and no blink from it."""
     session = FaceSession()
-    for i in range(10):
+    for i in range(20):
         session.update(face(0.2), i / FPS)
     covered = FaceLandmarks(synthetic_mesh(), 20.0, (synthetic_eye(1.5), synthetic_eye(0.2, reverse=True)))
-    reading = session.update(covered, 10 / FPS)
+    reading = session.update(covered, 20 / FPS)
     assert reading.openness[0] is None and reading.openness[1] is not None and reading.blink is None
 
 
@@ -176,7 +178,7 @@ def test_the_masker_reads_signals_of_the_faces_it_masks_by_tier(landmarker: obje
                                               EdgeConfig))
         try:
             frames = [masker.process(RawFrame(image=image.copy(), seq=i, captured_at=i / 30, monotonic=i / 30))
-                      for i in range(8)]
+                      for i in range(20)]
             stats = masker.stats()
         finally:
             masker.close()
@@ -188,7 +190,7 @@ def test_the_masker_reads_signals_of_the_faces_it_masks_by_tier(landmarker: obje
             assert reading.openness[0] == pytest.approx(1.0) and reading.openness[1] == pytest.approx(1.0)
             assert reading.gaze == pytest.approx((0.0, 0.0), abs=1e-6) and reading.blink_onset is None
             assert (reading.absolute_openness is not None) == (tier == "ophthalmic")
-        assert len({r.track_id for r in last.signals}) == 2 and stats["faces_read"] == 16
+        assert len({r.track_id for r in last.signals}) == 2 and stats["faces_read"] == 40
         template = np.all(last.image == np.array(SKIN, np.uint8), axis=2).sum()
         assert (template > 500) == (style == "clinical"), "the schematic face is drawn only by the clinical style"
         assert stats["clinical_errors"] == 0 and stats["blinks"] == 0
@@ -304,3 +306,52 @@ def test_the_linkage_attack_links_distinct_streams_and_not_alike_ones() -> None:
     assert distinct["linked"] == 10 and distinct["chance"] == pytest.approx(0.1)
     alike = link_halves({f"clip{i}": stream(0.1) for i in range(10)}, "standard")
     assert alike["linked"] <= 3
+
+
+def test_broken_readings_never_fail_the_frame_nor_paint_outside_the_head(
+    landmarker: object, shared_data: Path, model_cache: ModelsConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN or absurd reading draws the template at rest (or plain solid) inside the head; a reader that
+    raises costs the frame its signals (counted), never the frame: it is masked, not failed closed."""
+    import cv2
+
+    from edge_mask.config import EdgeConfig, MaskConfig, validate_config
+    from edge_mask.core.types import FaceSignals, RawFrame
+    from edge_mask.mask import build_masker
+    from edge_mask.mask.geometry import region_mask, shapes_for
+    from edge_mask.mask.styles import STYLES, Noise
+
+    rng = np.random.default_rng(5)
+    original = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    face_box = np.array([[150, 100, 250, 220]], np.float32)
+    marks = np.array([[[175, 140], [225, 150], [200, 170], [180, 195], [222, 200]]], np.float32)  # rolled
+    for shape in ("ellipse", "rect"):
+        cfg = MaskConfig(style="clinical", shape=shape)
+        style = STYLES.create_named("clinical", cfg, Noise(0, rng))
+        head = shapes_for(face_box, cfg.padding, marks)[0]
+        inside = region_mask(face_box, 400, 300, cfg.padding, shape, marks)
+        for reading in (FaceSignals(1, openness=(float("nan"), 9.0), gaze=(float("nan"), 50.0),
+                                    pose=(float("inf"), -1e9, 0.0), mouth=float("nan")),
+                        FaceSignals(1, openness=(1.0, 1.0), gaze=(6.0, -6.0), pose=(0.0, 0.0, 0.0), mouth=40.0)):
+            image = original.copy()
+            style.paint(image, head, 100.0, reading)
+            assert not np.any(np.all(image == original, axis=2) & inside), f"{shape}: an original pixel survived"
+            assert np.array_equal(image[~inside], original[~inside]), f"{shape}: paint outside the head"
+
+    image = cv2.resize(cv2.imread(str(shared_data / "photos" / "closeup-pair.jpg")), None, fx=0.4, fy=0.4)
+    masker = build_masker(validate_config({"device_id": "room1", "models": model_cache.model_dump(mode="json"),
+                                           "detector": {"precision": "fp32", "deadline_ms": 10_000},
+                                           "clinical": {"signals": "standard"}, "mask": {"style": "clinical"}},
+                                          EdgeConfig))
+    try:
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("injected clinical failure")
+
+        monkeypatch.setattr(masker.clinical, "read", broken)  # type: ignore[attr-defined]
+        out = masker.process(RawFrame(image=image.copy(), seq=0, captured_at=0.0, monotonic=0.0))
+        stats = masker.stats()
+    finally:
+        masker.close()
+    assert out is not None and not out.fail_closed and out.faces == 2 and out.signals == ()
+    assert stats["clinical_errors"] == 1 and stats["fail_closed"] == 0
+

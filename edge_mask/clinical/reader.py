@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_mask.clinical.landmarks import Landmarker
-from edge_mask.clinical.signals import FaceSession, eye_openness
+from edge_mask.clinical.signals import FaceSession, eye_openness, is_eye
 from edge_mask.config import ClinicalConfig, ModelsConfig
 from edge_mask.core.types import FaceSignals, FloatArray, Image
 
@@ -55,27 +55,34 @@ class ClinicalReader:
             session = self._sessions.get(track, (FaceSession(), now))[0]
             self._sessions[track] = (session, now)
             try:
-                marks = self._landmarker.face(image, boxes[index])
+                reading = self._read_one(image, boxes[index], track, session, now)
             except Exception:
                 self.errors += 1
                 log.exception("clinical: reading face %d failed; left out of this frame's signals", track)
                 continue
-            if marks.presence < PRESENCE_MIN:
-                continue  # masked all the same; there is no face here to read
-            reading = session.update(marks, now)
-            absolute = None
-            if self.cfg.signals == "ophthalmic" and reading.pose is not None:
-                left_right = tuple(eye_openness(eye.contour) for eye in marks.eyes)
-                absolute = (float(left_right[0]), float(left_right[1]))
-            blink = reading.blink
-            self.blinks += int(blink is not None)
-            out.append((index, FaceSignals(
-                track_id=track, openness=reading.openness, gaze=reading.gaze, pose=reading.pose, mouth=reading.mouth,
-                blink_onset=blink.onset if blink else None, blink_duration_s=blink.duration_s if blink else None,
-                absolute_openness=absolute,
-            )))
+            if reading is not None:
+                self.blinks += int(reading.blink_onset is not None)
+                out.append((index, reading))
         self._sessions = {t: (s, seen) for t, (s, seen) in self._sessions.items() if now - seen <= FORGET_AFTER_S}
         return out
+
+    def _read_one(self, image: Image, box: FloatArray, track: int, session: FaceSession, now: float
+                  ) -> FaceSignals | None:
+        marks = self._landmarker.face(image, box)
+        if marks.presence < PRESENCE_MIN:
+            return None  # masked all the same; there is no face here to read
+        reading = session.update(marks, now)
+        absolute = None
+        if self.cfg.signals == "ophthalmic" and reading.pose is not None:
+            values = [eye_openness(eye.contour) for eye in marks.eyes]
+            left_right = [v if is_eye(eye, v) else None for eye, v in zip(marks.eyes, values, strict=True)]
+            absolute = (left_right[0], left_right[1])
+        blink = reading.blink
+        return FaceSignals(
+            track_id=track, openness=reading.openness, gaze=reading.gaze, pose=reading.pose, mouth=reading.mouth,
+            blink_onset=blink.onset if blink else None, blink_duration_s=blink.duration_s if blink else None,
+            absolute_openness=absolute,
+        )
 
     def reset(self) -> None:
         """A new stream: every face's baselines start again."""

@@ -5,7 +5,8 @@ Why relative: people's eyes differ (a fixed openness cut-off calls narrow eyes c
 reading says less about who someone is (issue 13: absolute per-eye openness linked halves of the same
 person's clips 78% of the time, relative gaze 11%). So each eye's openness is divided by its own rolling
 baseline (a high percentile of that eye's recent readings: the eye as it looks open), gaze is the iris offset
-minus its session median, head pose is relative to the pose at the session's start, mouth opening is the
+minus its median over the last `BASELINE_S` seconds (a look held longer becomes the new straight ahead),
+head pose is relative to the pose at the session's start, mouth opening is the
 opening above the mouth's own rest.
 
 Readings are gated: none for a face turned more than `MAX_YAW_DEG` or rolled more than `MAX_ROLL_DEG` (the
@@ -18,10 +19,11 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from edge_mask.clinical.landmarks import LOWER_LID, UPPER_LID, Eye, FaceLandmarks
+from edge_mask.clinical.landmarks import EYE_CORNERS, LOWER_LID, UPPER_LID, Eye, FaceLandmarks
 from edge_mask.core.types import FloatArray
 
 MAX_YAW_DEG = 30.0
@@ -30,7 +32,10 @@ BASELINE_S = 10.0
 """How far back each eye's open baseline looks."""
 BASELINE_PERCENTILE = 80.0
 """The baseline is this percentile of the eye's recent openness: open, not wide-eyed, not mid-blink."""
-MIN_BASELINE_READINGS = 5
+MIN_BASELINE_READINGS = 15
+"""Readings (half a second at 30 fps) before an eye's baseline is trusted: a session that starts mid-blink
+must not learn "closed" as open."""
+RATE_WINDOW_S = 60.0
 MOUTH_REST_PERCENTILE = 10.0
 """The mouth at rest: this percentile of its recent opening; the reading is the opening above it (a
 person's lips at rest differ, and an absolute gap would say whose they are)."""
@@ -56,6 +61,12 @@ def _eye_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     if axis[0] < 0:
         axis = -axis
     return (corner_a + corner_b) / 2, axis, np.array([-axis[1], axis[0]]), width
+
+
+def is_eye(eye: Eye, openness: float) -> bool:
+    """A contour and iris that can be an eye: finite, with a plausible lid gap (not the outline of a hand)."""
+    finite = bool(np.all(np.isfinite(eye.contour)) and np.all(np.isfinite(eye.iris)))
+    return finite and PLAUSIBLE_OPENNESS[0] <= openness <= PLAUSIBLE_OPENNESS[1]
 
 
 def eye_openness(contour: FloatArray) -> float:
@@ -88,8 +99,9 @@ def head_pose(mesh: FloatArray) -> tuple[float, float, float]:
     between the eyes (turned in depth, tilted in the picture), pitch from the line from forehead to chin.
     0, 0, 0 for a face looking straight at the camera; approximate, and read relative to the session's start."""
     points = np.asarray(mesh, np.float64).reshape(-1, 3)
-    right = (points[33] + points[133]) / 2
-    left = (points[362] + points[263]) / 2
+    (r_out, r_in), (l_in, l_out) = EYE_CORNERS
+    right = (points[r_out] + points[r_in]) / 2
+    left = (points[l_in] + points[l_out]) / 2
     across = left - right
     if float(np.hypot(across[0], across[1])) < 1e-6:
         return 0.0, 0.0, 0.0
@@ -122,7 +134,7 @@ class Reading:
     openness: tuple[float | None, float | None]
     """Right and left eye openness over their own open baseline (1 = as open as usual, 0 = closed)."""
     gaze: tuple[float, float] | None
-    """Mean iris offset of both eyes against the session's median, in eye widths (along, across)."""
+    """Mean iris offset of the eyes read, against its recent median, in eye widths (right, down)."""
     pose: tuple[float, float, float] | None
     """Yaw, pitch, roll in degrees relative to the session's first reading."""
     mouth: float | None
@@ -131,14 +143,19 @@ class Reading:
     """A blink that ended with this frame."""
 
 
+def _keep_recent(window: deque[Any], now: float, span: float = BASELINE_S) -> None:
+    """Drop readings older than `span` seconds from a time-ordered window."""
+    while window and now - window[0][0] > span:
+        window.popleft()
+
+
 @dataclass
 class _EyeBaseline:
     readings: deque[tuple[float, float]] = field(default_factory=deque)
 
     def add(self, now: float, value: float) -> float | None:
         self.readings.append((now, value))
-        while self.readings and now - self.readings[0][0] > BASELINE_S:
-            self.readings.popleft()
+        _keep_recent(self.readings, now)
         if len(self.readings) < MIN_BASELINE_READINGS:
             return None
         baseline = float(np.percentile([v for _, v in self.readings], BASELINE_PERCENTILE))
@@ -154,32 +171,36 @@ class FaceSession:
         self._gazes: deque[tuple[float, float, float]] = deque()
         self._mouths: deque[tuple[float, float]] = deque()
         self._closed_since: float | None = None
-        self.blinks: list[Blink] = []
+        self.blinks: deque[Blink] = deque()
+        """Blinks of the last `RATE_WINDOW_S` seconds."""
 
     def update(self, landmarks: FaceLandmarks, now: float) -> Reading:
         yaw, pitch, roll = head_pose(landmarks.mesh)
-        if abs(yaw) > MAX_YAW_DEG or abs(roll) > MAX_ROLL_DEG:
+        finite = bool(np.all(np.isfinite(landmarks.mesh))) and all(math.isfinite(v) for v in (yaw, pitch, roll))
+        if not finite or abs(yaw) > MAX_YAW_DEG or abs(roll) > MAX_ROLL_DEG:
             self._closed_since = None  # a blink cannot be told through a turned head
             return Reading(now, (None, None), None, None, None)
         if self._start_pose is None:
             self._start_pose = (yaw, pitch, roll)
         pose = (yaw - self._start_pose[0], pitch - self._start_pose[1], roll - self._start_pose[2])
         openness: list[float | None] = []
+        seen: list[Eye] = []
         for eye, baseline in zip(landmarks.eyes, self._eyes, strict=True):
             raw = eye_openness(eye.contour)
-            plausible = PLAUSIBLE_OPENNESS[0] <= raw <= PLAUSIBLE_OPENNESS[1]
+            plausible = is_eye(eye, raw)
             openness.append(baseline.add(now, raw) if plausible else None)
-        along, across = np.mean([gaze(eye) for eye in landmarks.eyes], axis=0)
-        self._gazes.append((now, float(along), float(across)))
-        while self._gazes and now - self._gazes[0][0] > BASELINE_S:
-            self._gazes.popleft()
-        centre = np.median(np.array([(a, c) for _, a, c in self._gazes]), axis=0)
-        relative_gaze = (float(along - centre[0]), float(across - centre[1]))
+            seen += [eye] if plausible else []
+        relative_gaze = None
+        if seen:  # an occluded eye says nothing of where the other looks
+            along, across = (float(v) for v in np.mean([gaze(eye) for eye in seen], axis=0))
+            self._gazes.append((now, along, across))
+            _keep_recent(self._gazes, now)
+            centre = np.median(np.array([(a, c) for _, a, c in self._gazes]), axis=0)
+            relative_gaze = (along - float(centre[0]), across - float(centre[1]))
         blink = self._blink(now, openness)
         mouth = mouth_opening(landmarks.mesh)
         self._mouths.append((now, mouth))
-        while self._mouths and now - self._mouths[0][0] > BASELINE_S:
-            self._mouths.popleft()
+        _keep_recent(self._mouths, now)
         closed = float(np.percentile([m for _, m in self._mouths], MOUTH_REST_PERCENTILE))
         return Reading(now, (openness[0], openness[1]), relative_gaze, pose, max(0.0, mouth - closed), blink)
 
@@ -200,9 +221,11 @@ class FaceSession:
             return None
         blink = Blink(onset, duration)
         self.blinks.append(blink)
+        while self.blinks and now - self.blinks[0].onset > RATE_WINDOW_S:
+            self.blinks.popleft()
         return blink
 
-    def blink_rate(self, now: float, window_s: float = 60.0) -> float:
-        """Blinks per minute over the last `window_s` seconds."""
-        recent = [b for b in self.blinks if now - b.onset <= window_s]
-        return 60.0 * len(recent) / window_s
+    def blink_rate(self, now: float) -> float:
+        """Blinks per minute over the last `RATE_WINDOW_S` seconds."""
+        recent = [b for b in self.blinks if now - b.onset <= RATE_WINDOW_S]
+        return 60.0 * len(recent) / RATE_WINDOW_S

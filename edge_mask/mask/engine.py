@@ -161,9 +161,7 @@ class FaceMasker:
             tracked = time.perf_counter()
             landmarks = found.landmarks[list(result.masked_detections)]
             seen = len(result.masked_detections)
-            read = []
-            if self.clinical is not None and seen:  # from the raw frame; painting works on a copy
-                read = self.clinical.read(frame.image, result.regions[:seen], result.track_ids[:seen], frame.monotonic)
+            read = self._read_clinical(frame, result.regions[:seen], result.track_ids[:seen])
             clinical = time.perf_counter()
             masked = mask_faces(frame, result.regions, landmarks, self._painter,
                                 tuple(s for _, s in read), tuple(row for row, _ in read))
@@ -240,6 +238,18 @@ class FaceMasker:
             self.clinical.close()
 
     # ------------------------------------------------------------------------------------------ internals
+
+    def _read_clinical(self, frame: RawFrame, boxes: Any, track_ids: tuple[int, ...]) -> list[tuple[int, Any]]:
+        """The clinical readings of the faces seen, from the raw frame (painting works on a copy). Optional:
+        an error here loses the readings of this frame, never the frame."""
+        if self.clinical is None or not len(track_ids):
+            return []
+        try:
+            return self.clinical.read(frame.image, boxes, track_ids, frame.monotonic)
+        except Exception:
+            self.clinical.errors += 1
+            log.exception("frame %d: clinical reading failed; frame masked without its signals", frame.seq)
+            return []
 
     def _fail(self, frame: RawFrame, reason: str) -> MaskedFrame | None:
         with self._lock:

@@ -15,6 +15,7 @@ Every pixel of the head region is replaced first (the solid fill), then the temp
 
 from __future__ import annotations
 
+import logging
 import math
 
 import cv2
@@ -23,6 +24,8 @@ import numpy as np
 from edge_mask.config import MaskConfig
 from edge_mask.core.types import FaceSignals, Image
 from edge_mask.mask.geometry import HeadShape, draw
+
+log = logging.getLogger(__name__)
 
 SKIN = (176, 176, 176)
 """The template's face: a neutral grey, the same for everyone."""
@@ -48,11 +51,17 @@ class ClinicalTemplate:
         draw(image, head, self.cfg.shape, self.color, 0, 0)
         if signals is None:
             return
+        try:  # the head is already replaced: a drawing error costs the template, never the frame
+            self._draw(image, head, signals)
+        except (ValueError, OverflowError, cv2.error):
+            log.warning("clinical style: the template could not be drawn from %s; plain solid", signals)
+
+    def _draw(self, image: Image, head: HeadShape, signals: FaceSignals) -> None:
         inner = HeadShape(head.cx, head.cy, head.a * 0.86, head.b * 0.9, head.angle)
         draw(image, inner, "ellipse", SKIN, 0, 0)
         theta = math.radians(head.angle)
         across, down = (math.cos(theta), math.sin(theta)), (-math.sin(theta), math.cos(theta))
-        yaw, pitch = (signals.pose[0], signals.pose[1]) if signals.pose else (0.0, 0.0)
+        yaw, pitch = (_finite(signals.pose[0], 90), _finite(signals.pose[1], 90)) if signals.pose else (0.0, 0.0)
         shift_u = MAX_SHIFT * math.sin(math.radians(max(-90.0, min(90.0, yaw))))
         shift_v = MAX_SHIFT * math.sin(math.radians(max(-90.0, min(90.0, pitch))))
 
@@ -61,7 +70,7 @@ class ClinicalTemplate:
             y = head.cy + (u + shift_u) * inner.a * across[1] + (v + shift_v) * inner.b * down[1]
             return round(x), round(y)
 
-        gaze = signals.gaze if signals.gaze else (0.0, 0.0)
+        gaze = (_finite(signals.gaze[0], 1.0), _finite(signals.gaze[1], 1.0)) if signals.gaze else (0.0, 0.0)
         openness = signals.openness
         thick = max(1, round(inner.a * 0.03))
         for side, value in ((-1.0, openness[0]), (1.0, openness[1])):
@@ -73,9 +82,14 @@ class ClinicalTemplate:
                         centre[1] + round(gaze[0] * 2 * axes[0] * across[1] + gaze[1] * 2 * axes[1] * down[1]))
                 cv2.circle(image, iris, max(1, min(axes[1], round(0.45 * axes[0]))), INK, thickness=-1)
             cv2.ellipse(image, centre, (axes[0], max(1, axes[1])), head.angle, 0, 360, INK, thickness=thick)
-        mouth = signals.mouth if signals.mouth is not None else 0.0
+        mouth = max(0.0, _finite(signals.mouth, 1.0)) if signals.mouth is not None else 0.0
         mouth_axes = (max(1, round(0.28 * inner.a)), max(1, round(min(mouth, 1.0) * 0.28 * inner.a)))
         cv2.ellipse(image, at(0.0, MOUTH_AT), mouth_axes, head.angle, 0, 360, INK, thickness=-1)
+
+
+def _finite(value: float, limit: float) -> float:
+    """`value` clamped to +-`limit`; 0 when it is not a finite number (a gated or broken reading)."""
+    return max(-limit, min(limit, float(value))) if math.isfinite(value) else 0.0
 
 
 def _open(value: float | None) -> float:

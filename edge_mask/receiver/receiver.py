@@ -63,7 +63,6 @@ from edge_mask.seal import (
     Opener,
     Reassembler,
     Refusal,
-    SignalsError,
     ack_topic,
     decode_signals,
     load_recipient_private_key,
@@ -255,7 +254,7 @@ class Receiver:
         if "signals" in meta:
             try:
                 record["signals"] = decode_signals(meta["signals"])
-            except SignalsError as exc:  # the device signed it: keep the frame, drop what cannot be read
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # signed: keep the frame
                 self.counts["signals_malformed"] += 1
                 log.warning("receiver: %s/%s seq %d: %s; frame kept without its signals", device, stream_hex, seq, exc)
         if not self.store.staged:

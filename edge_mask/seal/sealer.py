@@ -76,13 +76,13 @@ class OpenedFrame:
 
 
 def frame_metadata(frame: MaskedFrame) -> dict[str, Any]:
-    """What travels sealed beside the image: face count, fail-closed flag, masked regions and landmarks, and
-    the clinical signals when the device reads them (`signals.py`)."""
+    """What travels sealed beside the image: face count, fail-closed flag, masked regions, and the clinical
+    signals when the device reads them (`signals.py`). No point of a face: the detector's five landmarks
+    (eyes, nose, mouth corners) say something of its shape, so they stay on the device."""
     metadata: dict[str, Any] = {
         "faces": int(frame.faces),
         "fail_closed": bool(frame.fail_closed),
         "regions": [[round(float(v), 1) for v in row] for row in frame.regions.reshape(-1, 4)],
-        "landmarks": [[[round(float(v), 1) for v in pt] for pt in face] for face in frame.landmarks.reshape(-1, 5, 2)],
     }
     if frame.signals:
         metadata["signals"] = encode_signals(frame.signals, frame.monotonic)

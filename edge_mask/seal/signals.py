@@ -21,6 +21,10 @@ from typing import Any
 from edge_mask.core.types import FaceSignals
 
 VERSION = 1
+MAX_FACES = 64
+"""More faces than this in one frame's signals is not a device's reading: refused."""
+MAX_VALUE = 1.0e6
+"""Larger magnitudes (angles, seconds, shares) are not readings: refused before any arithmetic on them."""
 CSV_COLUMNS = ("seq", "captured_at", "track_id", "openness_right", "openness_left", "gaze_x", "gaze_y", "yaw",
                "pitch", "roll", "mouth", "blink_began_s_ago", "blink_duration_s", "absolute_openness_right",
                "absolute_openness_left")
@@ -59,22 +63,27 @@ def _numbers(value: Any, count: int, where: str) -> list[float | None] | None:
         raise SignalsError(f"{where}: expected a list of {count} numbers or null")
     out: list[float | None] = []
     for item in value:
-        if item is not None and (isinstance(item, bool) or not isinstance(item, (int, float))
-                                 or not math.isfinite(item)):
-            raise SignalsError(f"{where}: {item!r} is not a number")
-        out.append(None if item is None else float(item))
+        if item is None:
+            out.append(None)
+            continue
+        if type(item) not in (int, float) or not -MAX_VALUE <= item <= MAX_VALUE:  # NaN fails the range too
+            raise SignalsError(f"{where}: {str(item)[:20]!r} is not a reading")
+        out.append(float(item))
     return out
 
 
 def decode(value: Any) -> list[dict[str, Any]]:
     """Rows (CSV_COLUMNS minus seq and captured_at) from a metadata `signals` value; SignalsError if it is
     not format 1."""
-    if not isinstance(value, dict) or value.get("v") != VERSION or not isinstance(value.get("faces"), list):
+    if not isinstance(value, dict) or type(value.get("v")) is not int or value.get("v") != VERSION \
+            or not isinstance(value.get("faces"), list):
         raise SignalsError(f"signals: not format {VERSION}")
+    if len(value["faces"]) > MAX_FACES:
+        raise SignalsError(f"signals: {len(value['faces'])} faces in one frame (at most {MAX_FACES})")
     rows = []
     for n, face in enumerate(value["faces"]):
         where = f"signals face {n}"
-        if not isinstance(face, dict) or not isinstance(face.get("id"), int) or isinstance(face.get("id"), bool):
+        if not isinstance(face, dict) or type(face.get("id")) is not int or not 0 <= face["id"] < 2**31:
             raise SignalsError(f"{where}: no track id")
         openness = _numbers(face.get("o"), 2, where) or [None, None]
         gaze = _numbers(face.get("g"), 2, where) or [None, None]
