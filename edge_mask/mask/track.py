@@ -133,12 +133,14 @@ def grow(boxes: FloatArray, factor: npt.NDArray[np.float32]) -> FloatArray:
 
 
 def pair_scores(
-    predicted: FloatArray, detected: FloatArray, min_iou: float, max_gate_px: float = float("inf")
+    predicted: FloatArray, detected: FloatArray, min_iou: float, max_gate_px: float = float("inf"),
+    overlap_only: npt.NDArray[np.bool_] | None = None,
 ) -> npt.NDArray[np.float64]:
     """(tracks, detections) matrix: how well each pair matches, -inf where it may not match at all.
 
     A pair qualifies when IoU >= `min_iou`, or when the centres are closer than CENTER_MATCH face sizes and
-    `max_gate_px` pixels; never when one box is more than MAX_SIZE_RATIO times the other. Qualifying pairs
+    `max_gate_px` pixels; never when one box is more than MAX_SIZE_RATIO times the other. Detections marked
+    in `overlap_only` qualify only by overlap, IoU >= WEAK_MATCH_IOU (no centre gate). Qualifying pairs
     score IoU minus the normalised centre distance, so overlap wins and distance breaks ties.
     """
     if len(predicted) == 0 or len(detected) == 0:
@@ -153,6 +155,8 @@ def pair_scores(
     ratio = np.maximum(p_size[:, None] / d_size[None, :], d_size[None, :] / p_size[:, None])
     near = (dist < CENTER_MATCH) & (pixels < max_gate_px)
     ok = ((iou >= min_iou) | near) & (ratio <= MAX_SIZE_RATIO)
+    if overlap_only is not None:
+        ok &= ~overlap_only[None, :] | (iou >= WEAK_MATCH_IOU)
     scores: npt.NDArray[np.float64] = np.where(ok, iou - 0.5 * dist, -np.inf)
     return scores
 
@@ -233,11 +237,9 @@ class Tracker:
         )
         pairs: list[tuple[int, int]] = []
         start = self.cfg.start_score
-        table = pair_scores(predicted, boxes, self.cfg.match_iou, self.cfg.max_gate_px)
         weak = scores < sight
         gated = scores < start  # below start_score, only an overlapping detection continues a track
-        if gated.any():
-            table[:, gated] = np.where(iou_matrix(predicted, boxes[gated]) >= WEAK_MATCH_IOU, table[:, gated], -np.inf)
+        table = pair_scores(predicted, boxes, self.cfg.match_iou, self.cfg.max_gate_px, overlap_only=gated)
         for chosen in (~gated, gated & ~weak, weak):
             pairs += self._associate(table, np.flatnonzero(chosen), {t for t, _ in pairs})
         shown = {d for d in range(len(boxes)) if scores[d] >= sight}
