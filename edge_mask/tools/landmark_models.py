@@ -9,9 +9,10 @@ published model in another file format:
 2. each .tflite inside it must match its pinned sha256;
 3. the conversion (`tflite_onnx.py`) is deterministic: the same .tflite gives a byte-identical .onnx;
 4. parity: the ONNX model on onnxruntime and the .tflite on the LiteRT interpreter (`ai-edge-litert`) are
-   run on real faces (the 43 annotated faces of `faces-dlib`, in upright crops 1.6x the face box, and both
-   eyes of each for the iris model); every output (landmarks in pixels of the model's input, and the face
-   model's presence score) must agree within `PARITY_PX`. A model that fails is not written.
+   run on real faces (the 43 annotated faces of `faces-dlib`, in the product's upright crops of 1.6x the
+   face box, `clinical.landmarks.crop`, and both eyes of each for the iris model); every output (landmarks
+   in pixels of the model's input, and the face model's presence score) must agree within `PARITY_PX`. A
+   model that fails is not written.
 
 The ONNX files and a `.parity.json` report beside each (sha256 of wheel, .tflite and .onnx, the figures)
 go to the model cache under the names in `models/manifest.toml`. Tools wing: the product never imports this.
@@ -36,6 +37,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from edge_mask.clinical.landmarks import EYE_CORNERS, EYE_CROP, FACE_CROP, FACE_SIZE, IRIS_SIZE, crop, to_frame
 from edge_mask.core.errors import ModelError, UserError
 from edge_mask.detect.models import PARITY_SUFFIX, REPO_ROOT, write_atomic
 from edge_mask.tools.tflite_onnx import ConversionError, convert
@@ -47,12 +49,8 @@ WHEEL_SHA256 = "a807328339e7356fda0bb14df12fedbf1d33bdf81649c5f8666b0026b1cc30b4
 WHEEL_REQUIREMENT = "mediapipe==0.10.14"
 PARITY_PX = 1e-3
 """Largest difference allowed between a TFLite and an ONNX landmark, in pixels of the model's input."""
-FACE_CROP = 1.6
-"""The face crop is this many times the face box (MediaPipe crops about 1.5x its detector's box)."""
 DEFAULT_FACES = REPO_ROOT.parent / "shared" / "data" / "faces-dlib"
 """The annotated faces the parity check runs on: the shared data beside the checkout."""
-EYE_CROP = 2.3
-"""The eye crop is this many times the eye's corner-to-corner width."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +67,11 @@ class LandmarkModel:
 
 
 FACE = LandmarkModel("face-landmark", "mediapipe/modules/face_landmark/face_landmark.tflite",
-                     "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814", 192, "conv2d_21")
+                     "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814", FACE_SIZE, "conv2d_21")
 IRIS = LandmarkModel("iris-landmark", "mediapipe/modules/iris_landmark/iris_landmark.tflite",
-                     "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f", 64,
+                     "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f", IRIS_SIZE,
                      "output_eyes_contours_and_brows")
 MODELS = (FACE, IRIS)
-EYE_CORNERS = ((33, 133), (362, 263))
-"""Face-mesh indices of each eye's outer and inner corner (the subject's right eye first)."""
 
 
 def _sha256(data: bytes) -> str:
@@ -139,16 +135,6 @@ def annotated_faces(faces_dlib: Path) -> list[tuple[Path, tuple[float, float, fl
     return out
 
 
-def crop(image: npt.NDArray[np.uint8], centre: tuple[float, float], side: float, size: int) -> npt.NDArray[np.float32]:
-    """A square crop of `side` pixels around `centre`, resized to `size`, as 1 x size x size x 3 RGB 0..1."""
-    scale = size / max(side, 1.0)
-    matrix = np.array([[scale, 0, size / 2 - centre[0] * scale], [0, scale, size / 2 - centre[1] * scale]],
-                      np.float32)
-    patch = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    rgb: npt.NDArray[np.float32] = cv2.cvtColor(patch, cv2.COLOR_BGR2RGB).astype(np.float32)[None] / 255.0
-    return rgb
-
-
 class _Pair:
     """One model twice: the TFLite original on LiteRT and the converted ONNX on onnxruntime."""
 
@@ -190,16 +176,16 @@ def parity(tflite: dict[str, bytes], onnx: dict[str, bytes], faces_dlib: Path) -
             images[photo] = np.asarray(read, np.uint8)
         image = images[photo]
         side = FACE_CROP * max(x2 - x1, y2 - y1)
-        centre = ((x1 + x2) / 2, (y1 + y2) / 2)
-        reference, converted = face.run(crop(image, centre, side, FACE.size))
+        batch, matrix = crop(image, ((x1 + x2) / 2, (y1 + y2) / 2), side, FACE.size)
+        reference, converted = face.run(batch)
         worst[FACE.id], other[FACE.id] = _compare(reference, converted, FACE, worst[FACE.id], other[FACE.id])
         inputs[FACE.id] += 1
-        mesh = reference[FACE.landmarks].reshape(-1, 3)[:, :2] * side / FACE.size  # back to photo pixels
-        origin = np.array(centre) - side / 2
+        mesh = to_frame(reference[FACE.landmarks].reshape(-1, 3)[:, :2], matrix)  # back to photo pixels
         for outer, inner in EYE_CORNERS:
-            a, b = mesh[outer] + origin, mesh[inner] + origin
+            a, b = mesh[outer], mesh[inner]
             eye_side = EYE_CROP * float(np.linalg.norm(a - b))
-            reference, converted = iris.run(crop(image, tuple((a + b) / 2), eye_side, IRIS.size))
+            reference, converted = iris.run(crop(image, (float(a[0] + b[0]) / 2, float(a[1] + b[1]) / 2), eye_side,
+                                                 IRIS.size)[0])
             worst[IRIS.id], other[IRIS.id] = _compare(reference, converted, IRIS, worst[IRIS.id], other[IRIS.id])
             inputs[IRIS.id] += 1
     return {model.id: {"inputs": inputs[model.id], "max_landmark_diff_px": worst[model.id],
