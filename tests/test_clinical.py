@@ -103,16 +103,10 @@ def test_an_implausible_eye_contour_gives_no_openness() -> None:
 def landmarker(repo_root: Path, shared_data: Path, model_cache: ModelsConfig) -> object:
     """The landmark models built into the test model cache (as `edge-mask models landmarks` does), loaded."""
     from edge_mask.clinical import Landmarker
-    from edge_mask.detect.models import check_cached, load_manifest
-    from edge_mask.tools.landmark_models import build_landmark_models, find_wheel
+    from edge_mask.tools.landmark_models import ensure_landmark_models
 
-    manifest = load_manifest()
+    ensure_landmark_models(model_cache, shared_data / "faces-dlib", repo_root / ".cache" / "wheels")
     cache = Path(model_cache.cache_dir)
-    if not all(check_cached(manifest.get(i), model_cache, manifest)[0] for i in ("face-landmark", "iris-landmark")):
-        wheels = repo_root / ".cache" / "wheels"
-        wheels.mkdir(parents=True, exist_ok=True)
-        find_wheel([wheels], wheels, offline=False)
-        build_landmark_models(cache, shared_data / "faces-dlib", [wheels], offline=True, progress=lambda _: None)
     marker = Landmarker(cache / "face-landmark.onnx", cache / "iris-landmark.onnx")
     yield marker
     marker.close()

