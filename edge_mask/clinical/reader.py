@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_mask.clinical.landmarks import Landmarker
-from edge_mask.clinical.signals import FaceSession, eye_openness, is_eye
+from edge_mask.clinical.signals import FaceSession
 from edge_mask.config import ClinicalConfig, ModelsConfig
 from edge_mask.core.types import FaceSignals, FloatArray, Image
 
@@ -72,11 +72,7 @@ class ClinicalReader:
         if marks.presence < PRESENCE_MIN:
             return None  # masked all the same; there is no face here to read
         reading = session.update(marks, now)
-        absolute = None
-        if self.cfg.signals == "ophthalmic" and reading.pose is not None:
-            values = [eye_openness(eye.contour) for eye in marks.eyes]
-            left_right = [v if is_eye(eye, v) else None for eye, v in zip(marks.eyes, values, strict=True)]
-            absolute = (left_right[0], left_right[1])
+        absolute = reading.absolute if self.cfg.signals == "ophthalmic" and reading.pose is not None else None
         blink = reading.blink
         return FaceSignals(
             track_id=track, openness=reading.openness, gaze=reading.gaze, pose=reading.pose, mouth=reading.mouth,

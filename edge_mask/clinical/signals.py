@@ -128,9 +128,9 @@ class Blink:
 
 @dataclass(frozen=True)
 class Reading:
-    """One face, one frame: the standard tier (relative values; None where gated)."""
+    """One face, one frame: the standard tier (relative values; None where gated), and `absolute`, what
+    the ophthalmic tier adds."""
 
-    time: float
     openness: tuple[float | None, float | None]
     """Right and left eye openness over their own open baseline (1 = as open as usual, 0 = closed)."""
     gaze: tuple[float, float] | None
@@ -141,6 +141,8 @@ class Reading:
     """Mouth opening above the face's own rest (0 = as closed as usual)."""
     blink: Blink | None = None
     """A blink that ended with this frame."""
+    absolute: tuple[float | None, float | None] = (None, None)
+    """Right and left lid gap over eye width, for the eyes read (not relative: more identifying)."""
 
 
 def _keep_recent(window: deque[Any], now: float, span: float = BASELINE_S) -> None:
@@ -179,16 +181,18 @@ class FaceSession:
         finite = bool(np.all(np.isfinite(landmarks.mesh))) and all(math.isfinite(v) for v in (yaw, pitch, roll))
         if not finite or abs(yaw) > MAX_YAW_DEG or abs(roll) > MAX_ROLL_DEG:
             self._closed_since = None  # a blink cannot be told through a turned head
-            return Reading(now, (None, None), None, None, None)
+            return Reading((None, None), None, None, None)
         if self._start_pose is None:
             self._start_pose = (yaw, pitch, roll)
         pose = (yaw - self._start_pose[0], pitch - self._start_pose[1], roll - self._start_pose[2])
         openness: list[float | None] = []
+        absolute: list[float | None] = []
         seen: list[Eye] = []
         for eye, baseline in zip(landmarks.eyes, self._eyes, strict=True):
             raw = eye_openness(eye.contour)
             plausible = is_eye(eye, raw)
             openness.append(baseline.add(now, raw) if plausible else None)
+            absolute.append(raw if plausible else None)
             seen += [eye] if plausible else []
         relative_gaze = None
         if seen:  # an occluded eye says nothing of where the other looks
@@ -202,7 +206,8 @@ class FaceSession:
         self._mouths.append((now, mouth))
         _keep_recent(self._mouths, now)
         closed = float(np.percentile([m for _, m in self._mouths], MOUTH_REST_PERCENTILE))
-        return Reading(now, (openness[0], openness[1]), relative_gaze, pose, max(0.0, mouth - closed), blink)
+        return Reading((openness[0], openness[1]), relative_gaze, pose, max(0.0, mouth - closed), blink,
+                       (absolute[0], absolute[1]))
 
     def _blink(self, now: float, openness: list[float | None]) -> Blink | None:
         if any(value is None for value in openness):
