@@ -506,6 +506,41 @@ def test_reload_applies_mask_settings_and_names_what_needs_a_restart(shared_dir:
 
 # ------------------------------------------------------------------------------------------------ SIGTERM
 
+# The main thread of `edge-mask run` lives in `stop.wait(...)`; a signal handler that took that event's lock
+# could land while the main thread holds it and wait for itself forever (seen once in CI: SIGTERM ignored).
+_SIGNAL_LOOP = """
+import signal, sys, threading
+from edge_mask.commands.interrupts import handle_signals
+stop, reload = threading.Event(), threading.Event()
+reloads = 0
+with handle_signals({signal.SIGTERM: stop.set, signal.SIGHUP: reload.set}):
+    print("ready", flush=True)
+    while not stop.wait(0.0005):
+        if reload.is_set():
+            reload.clear()
+            reloads += 1
+print("stopped", flush=True)
+"""
+
+
+def test_signals_in_bursts_never_deadlock_the_main_loop() -> None:
+    hung = 0
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", _SIGNAL_LOOP], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        for _ in range(1500):
+            proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=10)
+            assert out == "stopped\n" and proc.returncode == 0
+        except subprocess.TimeoutExpired:
+            hung += 1
+            proc.kill()
+            proc.communicate()
+    assert hung == 0, f"{hung} of 6 processes ignored SIGTERM"
+
+
 
 @pytest.mark.slow
 def test_sigterm_mid_stream_loses_no_spooled_frame(

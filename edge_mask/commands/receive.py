@@ -35,6 +35,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_mask.commands.interrupts import handle_signals
     from edge_mask.config import ReceiverConfig, load_config
     from edge_mask.core.errors import UserError
     from edge_mask.receiver import Receiver
@@ -47,21 +48,16 @@ def run(args: argparse.Namespace) -> int:
     receiver = Receiver(cfg)
     stop = threading.Event()
 
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     timer = threading.Timer(args.duration, stop.set) if args.duration else None
     if timer is not None:
         timer.daemon = True
         timer.start()
     try:
-        summary = receiver.run(stop, max_frames=args.max_frames)
+        with handle_signals({signal.SIGINT: stop.set, signal.SIGTERM: stop.set}):
+            summary = receiver.run(stop, max_frames=args.max_frames)
     finally:
         if timer is not None:
             timer.cancel()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:

@@ -47,21 +47,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose and not args.quiet:
         logging.getLogger("edge_mask").setLevel(cfg.service.log_level)
 
+    from edge_mask.commands.interrupts import handle_signals
     from edge_mask.service import Service
 
     service = Service(cfg, config_path=args.config)
-    handlers = {
-        signal.SIGTERM: lambda *_: service.request_stop(),
-        signal.SIGINT: lambda *_: service.request_stop(),
-        signal.SIGHUP: lambda *_: service.request_reload(),
+    actions = {
+        signal.SIGTERM: service.request_stop,
+        signal.SIGINT: service.request_stop,
+        signal.SIGHUP: service.request_reload,
     }
-    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
-    try:
-        code = service.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return code
+    with handle_signals(actions):
+        return service.run()
 
 
 def check_files(cfg: Any) -> None:
