@@ -7,7 +7,8 @@ half (Euclidean, features standardised over all halves). A tier that keeps ident
 chance (1 in the number of clips).
 
 Standard tier features: relative openness (per eye, mean and spread), relative gaze (mean and spread), mouth
-opening, spread of the relative pose, blink rate. Ophthalmic adds absolute per-eye openness and its
+opening, spread of the relative pose, blink rate, from the stepped values that tier sends
+(`clinical.standard_tier`). Ophthalmic adds absolute per-eye openness and its
 left-right difference, which is why it is opt-in.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_mask.clinical import standard_tier
 from edge_mask.config import EdgeConfig
 from edge_mask.core.types import FaceSignals
 from edge_mask.tools.evaluation.pipeline import MaskedClip, build_detector
@@ -90,7 +92,9 @@ def run_linkage(clips: Sequence[Path], cfg: EdgeConfig, tiers: Sequence[str] = (
         streams = {clip.name: clip_signals(clip, ophthalmic, detector, max_frames) for clip in clips}
     finally:
         detector.close()
-    report = {tier: link_halves(streams, tier) for tier in tiers}
+    # the standard tier sends these readings stepped, without absolute openness, as its device would
+    standard = {name: [standard_tier(r) for r in readings] for name, readings in streams.items()}
+    report = {tier: link_halves(standard if tier == "standard" else streams, tier) for tier in tiers}
     for tier, result in report.items():
         log.info("linkage %s: %d of %d clips linked to themselves (chance %.0f%%)", tier, result["linked"],
                  result["clips"], 100 * result["chance"])
