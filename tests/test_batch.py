@@ -160,3 +160,36 @@ def test_encoded_images_have_no_metadata_segments() -> None:
     assert jpeg[:2] == b"\xff\xd8" and b"Exif" not in jpeg and b"\xff\xe1" not in jpeg
     png = encode_image(image, ".png")
     assert b"tEXt" not in png and b"eXIf" not in png and b"iTXt" not in png
+
+
+def test_the_clinical_style_in_a_batch_run_draws_the_schematic_face(
+    shared_data: Path, model_cache: ModelsConfig, repo_root: Path, tmp_path: Path
+) -> None:
+    """`edge-mask mask --style clinical` reads the signals it draws (standard tier), and a batch run with any
+    other style reads none, whatever the config says (nothing in a batch output would carry them)."""
+    from edge_mask.commands.mask import batch_config
+    from edge_mask.mask.template import SKIN
+    from edge_mask.tools.landmark_models import ensure_landmark_models
+
+    ensure_landmark_models(model_cache, shared_data / "faces-dlib", repo_root / ".cache" / "wheels")
+    config = write_config(tmp_path / "edge.toml", model_cache)
+    assert batch_config(config, "clinical", None).clinical.signals == "standard"
+    with config.open("a") as handle:
+        handle.write('[clinical]\nsignals = "ophthalmic"\n')
+    assert batch_config(config, "clinical", None).clinical.signals == "ophthalmic"
+    assert batch_config(config, "solid", None).clinical.signals == "off"
+
+    clip = tmp_path / "again.mkv"
+    shutil.copy(shared_data / "video" / "asl" / "again.mkv", clip)
+    outputs = {}
+    for style in ("solid", "clinical"):
+        assert main(["mask", str(clip), "-o", str(tmp_path / style), "--config", str(config), "--style", style,
+                     "--no-progress"]) == 0
+        with VideoReader(tmp_path / style / "again.mp4") as reader:
+            outputs[style] = list(reader)
+    assert len(outputs["solid"]) == len(outputs["clinical"]) == 77
+    # template pixels: grey skin where the solid run painted the head black
+    drawn = [int((np.all(solid < 30, axis=2) & np.all(np.abs(clinical.astype(int) - SKIN) <= 12, axis=2)).sum())
+             for solid, clinical in zip(outputs["solid"], outputs["clinical"], strict=True)]
+    # the signer's baselines are learnt in half a second; from then on the face is drawn on nearly every frame
+    assert sum(count > 300 for count in drawn[20:]) >= 0.9 * len(drawn[20:]), drawn

@@ -22,8 +22,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="photo, video or directory")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder")
-    parser.add_argument("--style", choices=("solid", "pixelate", "blur"),
-                        help="mask style (default: the config's, solid); blur is weaker, see README")
+    parser.add_argument("--style", choices=("solid", "pixelate", "blur", "clinical"),
+                        help="mask style (default: the config's, solid); blur is weaker, see README; clinical "
+                        "draws a schematic face moved by the clinical signals (read on the standard tier "
+                        "unless the config asks for ophthalmic; needs `edge-mask models landmarks`)")
     parser.add_argument("--threshold", type=float, metavar="T", help="detector score threshold in [0, 1]")
     parser.add_argument("--config", type=Path, help="config.toml to take detector/tracker/mask settings from")
     parser.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
@@ -44,12 +46,19 @@ def batch_config(config: Path | None, style: str | None, threshold: float | None
     device id, and a device's config file works too (its camera, seal and uplink sections are not used).
     Failed frames are always written fully masked in a batch run (never dropped) so outputs keep their length,
     frames wider than the detection width are also scanned in full-resolution tiles (small faces), the
-    detection deadline is 10 s instead of the live 250 ms, and no int8 parity watch runs.
+    detection deadline is 10 s instead of the live 250 ms, and no int8 parity watch runs. Clinical signals
+    are read only for the clinical style, which draws them.
     """
     cfg = load_config(config, MaskerConfig, only_used=True) if config is not None else MaskerConfig()
     data = cfg.model_dump()
     if style is not None:
         data["mask"]["style"] = style
+    # A batch output carries no signals but what the clinical style draws: read them for that style only
+    # (on the standard tier unless the config chose ophthalmic), never for nothing.
+    if data["mask"]["style"] != "clinical":
+        data["clinical"]["signals"] = "off"
+    elif data["clinical"]["signals"] == "off":
+        data["clinical"]["signals"] = "standard"
     if threshold is not None:
         data["detector"]["threshold"] = threshold
     data["mask"]["on_failure"] = "mask_frame"

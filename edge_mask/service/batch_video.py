@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from edge_mask.capture import MediaError, VideoReader
+from edge_mask.clinical import build_reader
 from edge_mask.config import MaskerConfig
 from edge_mask.core.stats import usable_cpus
 from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
@@ -174,8 +175,14 @@ def build_batch_masker(cfg: MaskerConfig) -> tuple[Masker, LookaheadDetector | N
             detector.close()
         raise
     lookahead = LookaheadDetector(detectors)
+    try:
+        clinical = build_reader(cfg.clinical, cfg.models)  # the clinical style draws what it reads
+    except BaseException:
+        lookahead.close()
+        raise
     log.info("batch: %d detector workers x %d onnxruntime threads", workers, threads)
-    return FaceMasker(lookahead, cfg.tracker, cfg.mask, settings.deadline_ms, sight=settings.threshold), lookahead
+    return FaceMasker(lookahead, cfg.tracker, cfg.mask, settings.deadline_ms, sight=settings.threshold,
+                      clinical=clinical), lookahead
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
