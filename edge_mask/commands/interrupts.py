@@ -11,11 +11,14 @@ only writes one byte to a pipe, which needs no lock; a small thread reads the pi
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
+
+log = logging.getLogger(__name__)
 
 _QUIT = b"\0"
 
@@ -30,7 +33,7 @@ def handle_signals(actions: Mapping[signal.Signals, Callable[[], None]]) -> Iter
     by_code = {code: actions[sig] for sig, code in codes.items()}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        with contextlib.suppress(OSError):  # a full pipe already holds a pending request
+        with contextlib.suppress(OSError):  # a full pipe (64 KiB of unread requests) drops this one
             os.write(write_fd, codes[signal.Signals(signum)])
 
     def dispatch() -> None:
@@ -38,7 +41,10 @@ def handle_signals(actions: Mapping[signal.Signals, Callable[[], None]]) -> Iter
             code = os.read(read_fd, 1)
             if not code or code == _QUIT:
                 return
-            by_code[code]()
+            try:
+                by_code[code]()
+            except Exception:  # a failed action must not leave the next SIGTERM unheard
+                log.exception("handling a signal failed")
 
     thread = threading.Thread(target=dispatch, name="edge-mask-signals", daemon=True)
     thread.start()
