@@ -198,3 +198,23 @@ def test_warm_up_and_reset() -> None:
     out = m.process(frame(1))  # the warm-up used call 0; call 2 is empty and the track was forgotten
     assert out is not None and out.faces == 0
     m.close()
+
+
+def test_a_masker_that_cannot_be_built_closes_the_detector_it_was_given(tmp_path: object) -> None:
+    """`face_masker_around` owns its detector (the batch run's workers, the live detector): when the clinical
+    reader cannot be built (its models are not in the cache), the detector is closed and the error names
+    what to do."""
+    from pathlib import Path
+
+    from edge_mask.config import ClinicalConfig, MaskerConfig, ModelsConfig
+    from edge_mask.core.errors import UserError
+    from edge_mask.mask import face_masker_around
+
+    detector = Scripted(lambda _: one_face())
+    cfg = MaskerConfig(models=ModelsConfig(cache_dir=Path(str(tmp_path))), clinical=ClinicalConfig(signals="standard"))
+    with pytest.raises(UserError, match="landmark"):
+        face_masker_around(detector, cfg)
+    assert detector.closed
+    built = face_masker_around(Scripted(lambda _: one_face()), MaskerConfig())
+    assert built.clinical is None
+    built.close()

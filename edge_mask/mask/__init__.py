@@ -10,7 +10,7 @@ Add a mask style: a class with the `Style` protocol registered in `styles.py`'s 
 """
 
 from edge_mask.mask.base import MASKERS, Masker, build_masker
-from edge_mask.mask.engine import FaceMasker
+from edge_mask.mask.engine import FaceMasker, face_masker_around
 from edge_mask.mask.paint import Painter, mask_faces, mask_whole_frame
 from edge_mask.mask.styles import STYLES, Style
 from edge_mask.mask.track import Tracker
@@ -24,6 +24,7 @@ __all__ = [
     "Style",
     "Tracker",
     "build_masker",
+    "face_masker_around",
     "mask_faces",
     "mask_whole_frame",
 ]

@@ -270,14 +270,22 @@ def percentiles(values: Iterable[float]) -> tuple[float, float]:
 @MASKERS.register("face")
 def _face_masker(cfg: MaskerConfig) -> Masker:
     """Detector from the config's detector and models sections, wrapped with its tracker and mask settings."""
-    detector = create_detector(cfg.detector, cfg.models)
+    return face_masker_around(create_detector(cfg.detector, cfg.models), cfg)
+
+
+def face_masker_around(detector: Detector, cfg: MaskerConfig) -> FaceMasker:
+    """The config's `FaceMasker` (tracker, mask, deadline, clinical reader) around `detector`, which it
+    then owns: if anything here fails, the detector and the reader are closed before the error goes on."""
+    clinical: ClinicalReader | None = None
     try:
         clinical = build_reader(cfg.clinical, cfg.models)
+        return FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms, sight=cfg.detector.threshold,
+                          clinical=clinical)
     except BaseException:
+        if clinical is not None:
+            clinical.close()
         detector.close()
         raise
-    return FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms, sight=cfg.detector.threshold,
-                      clinical=clinical)
 
 
-__all__ = ["FaceMasker", "build_masker"]
+__all__ = ["FaceMasker", "build_masker", "face_masker_around"]

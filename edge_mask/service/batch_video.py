@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from edge_mask.capture import MediaError, VideoReader
-from edge_mask.clinical import build_reader
 from edge_mask.config import MaskerConfig
 from edge_mask.core.stats import usable_cpus
 from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
 from edge_mask.detect import Detector, create_detector, resolve_model
-from edge_mask.mask import FaceMasker, Masker, build_masker
+from edge_mask.mask import Masker, build_masker, face_masker_around
 from edge_mask.service.outputs import VideoWriter
 
 log = logging.getLogger(__name__)
@@ -175,14 +174,8 @@ def build_batch_masker(cfg: MaskerConfig) -> tuple[Masker, LookaheadDetector | N
             detector.close()
         raise
     lookahead = LookaheadDetector(detectors)
-    try:
-        clinical = build_reader(cfg.clinical, cfg.models)  # the clinical style draws what it reads
-    except BaseException:
-        lookahead.close()
-        raise
     log.info("batch: %d detector workers x %d onnxruntime threads", workers, threads)
-    return FaceMasker(lookahead, cfg.tracker, cfg.mask, settings.deadline_ms, sight=settings.threshold,
-                      clinical=clinical), lookahead
+    return face_masker_around(lookahead, cfg), lookahead
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
