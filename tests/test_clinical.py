@@ -309,7 +309,7 @@ def test_the_standard_tier_sends_stepped_values_and_keeps_the_blink() -> None:
     fine = FaceSignals(track_id=3, openness=(0.87, None), gaze=(0.026, -0.074), pose=(12.6, -2.4, 0.1),
                        mouth=0.149, blink_onset=1.25, blink_duration_s=0.2, absolute_openness=(0.31, 0.29))
     sent = standard_tier(fine)
-    assert sent.openness == (0.9, None) and sent.gaze == (0.05, -0.05) and sent.pose == (15.0, -0.0, 0.0)
+    assert sent.openness == (0.9, None) and sent.gaze == (0.05, -0.05) and sent.pose == (15.0, 0.0, 0.0)
     assert sent.mouth == 0.1 and sent.absolute_openness is None
     assert (sent.track_id, sent.blink_onset, sent.blink_duration_s) == (3, 1.25, 0.2)
     assert standard_tier(FaceSignals(track_id=1)) == FaceSignals(track_id=1), "nothing read: nothing invented"

