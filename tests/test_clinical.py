@@ -380,3 +380,16 @@ def test_broken_readings_never_fail_the_frame_nor_paint_outside_the_head(
     assert out is not None and not out.fail_closed and out.faces == 2 and out.signals == ()
     assert stats["clinical_errors"] == 1 and stats["fail_closed"] == 0
 
+
+
+def test_the_evaluation_report_states_the_linkage_of_both_tiers() -> None:
+    from edge_mask.tools.evaluation.render import _linkage, summary_rows
+
+    linkage = {"standard": {"clips": 10, "linked": 2, "share": 0.2, "chance": 0.1},
+               "ophthalmic": {"clips": 10, "linked": 5, "share": 0.5, "chance": 0.1}}
+    row = next(r for r in summary_rows({"linkage": linkage}) if "clinical signals" in r[0])
+    assert row[2].startswith("2 of 10") and "ophthalmic, opt-in: 5 of 10" in row[2] and row[3] == "yes"
+    worse = {**linkage, "standard": {"clips": 10, "linked": 3, "share": 0.3, "chance": 0.1}}
+    assert next(r for r in summary_rows({"linkage": worse}) if "clinical signals" in r[0])[3] != "yes"
+    section = "\n".join(_linkage(linkage))
+    assert "| standard | 10 | 2 | 20.0% | 10.0% |" in section and "| ophthalmic | 10 | 5 | 50.0% | 10.0% |" in section

