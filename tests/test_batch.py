@@ -191,5 +191,5 @@ def test_the_clinical_style_in_a_batch_run_draws_the_schematic_face(
     # template pixels: grey skin where the solid run painted the head black
     drawn = [int((np.all(solid < 30, axis=2) & np.all(np.abs(clinical.astype(int) - SKIN) <= 12, axis=2)).sum())
              for solid, clinical in zip(outputs["solid"], outputs["clinical"], strict=True)]
-    # the signer's baselines are learnt in half a second; from then on the face is drawn on nearly every frame
-    assert sum(count > 300 for count in drawn[20:]) >= 0.9 * len(drawn[20:]), drawn
+    # the face is read and drawn on nearly every frame (measured: every one, 5,000-43,000 pixels)
+    assert sum(count > 300 for count in drawn) >= 0.9 * len(drawn), drawn
