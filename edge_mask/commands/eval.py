@@ -252,6 +252,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_linkage(args: argparse.Namespace) -> int:
     from edge_mask.tools.evaluation.linkage import run_linkage as linkage
+    from edge_mask.tools.evaluation.linkage import target
 
     clips = list(args.videos) or sorted((_shared() / "data" / "video" / "asl").glob("*.mkv"))
     if not clips:
@@ -262,6 +263,6 @@ def run_linkage(args: argparse.Namespace) -> int:
         return 0
     for tier, result in report.items():
         print(f"{tier:<11} {result['linked']} of {result['clips']} clips' halves linked to each other "
-              f"(chance {100 * result['chance']:.0f}%, target at most {100 * result['chance'] + 10:.0f}%)")
+              f"(chance {100 * result['chance']:.0f}%, target at most {100 * target(result):.0f}%)")
     return 0
 

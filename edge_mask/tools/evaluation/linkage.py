@@ -29,6 +29,18 @@ from edge_mask.tools.evaluation.pipeline import MaskedClip, build_detector
 
 log = logging.getLogger(__name__)
 
+MARGIN = 0.10
+"""Issue 13's bound: a tier may link halves at most this much more often than chance."""
+
+
+def target(result: dict[str, Any]) -> float:
+    """The highest share of linked halves the bound allows for one `link_halves` result."""
+    return float(result["chance"]) + MARGIN
+
+
+def within_target(result: dict[str, Any]) -> bool:
+    return float(result["share"]) <= target(result) + 1e-9
+
 
 def clip_signals(path: Path, cfg: EdgeConfig, detector: Any, max_frames: int | None = None) -> list[FaceSignals]:
     """The readings of the clip's main face (the track read most often), in frame order."""
