@@ -131,6 +131,24 @@ def test_make_blob_pads_bottom_right() -> None:
     assert not blob[0, :, 100:, :].any() and not blob[0, :, :, 200:].any()
 
 
+@pytest.mark.parametrize("level", [10, 200])
+def test_make_blob_lifts_dark_frames_as_the_lift_does(level: int) -> None:
+    """The blob's one-pass table (gamma lift or identity, then float) gives exactly the values of lifting
+    the 8-bit frame and converting it, padding included."""
+    from edge_mask.detect.yunet import lift_low_light
+
+    rng = np.random.default_rng(7)
+    image = np.clip(rng.normal(level, 8, (300, 500, 3)), 0, 255).astype(np.uint8)
+    box = plan_input(500, 300, 640)
+    expected = np.zeros((1, 3, box.height, box.width), np.float32)
+    expected[0, :, :300, :500] = lift_low_light(image).transpose(2, 0, 1)
+    reused = np.zeros_like(expected)
+    for _ in range(2):  # a reused tensor keeps its zero padding
+        assert np.array_equal(make_blob(image, box, low_light=True, out=reused), expected)
+    if level < 60:
+        assert not np.array_equal(make_blob(image, box, low_light=False), expected)  # the lift did change it
+
+
 def test_postprocess_maps_back_and_returns_empty_shape() -> None:
     box = plan_input(1280, 720, 640)
     out = _zero_outputs(box.width, box.height)

@@ -45,6 +45,13 @@ DARK_BELOW = 60.0
 """A detection input whose mean level (0..255) is under this is lifted before detection."""
 LIFT_GAMMA = 2.0
 _LIFT = np.array([round(255.0 * (i / 255.0) ** (1.0 / LIFT_GAMMA)) for i in range(256)], np.uint8)
+_LIFT_FLOAT = _LIFT.astype(np.float32)
+_LEVELS_FLOAT = np.arange(256, dtype=np.float32)
+
+
+def is_dark(pixels: npt.NDArray[np.uint8]) -> bool:
+    """Whether a detection input is dark enough to be lifted (mean level of every 8th pixel, 1/64 of the cost)."""
+    return float(pixels[::8, ::8].mean()) < DARK_BELOW
 
 
 def lift_low_light(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
@@ -54,7 +61,7 @@ def lift_low_light(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     faces that YuNet scores 0.03-0.2; with gamma 2 it scores 120 of 123 such faces at 0.25 or more. Only the
     detector's copy is lifted: the picture that is masked and sent is never changed.
     """
-    if float(pixels[::8, ::8].mean()) >= DARK_BELOW:  # every 8th pixel: the level, at 1/64 of the cost
+    if not is_dark(pixels):
         return pixels
     lifted: npt.NDArray[np.uint8] = np.asarray(cv2.LUT(pixels, _LIFT), np.uint8)
     return lifted
@@ -108,17 +115,21 @@ def make_blob(
     """Resize and pad a BGR frame into a 1x3xHxW float32 tensor of 0..255 values (lifted when dark).
 
     `out`, a tensor this function filled before for the same `box`, is reused: its padding is still zero.
-    Allocating a fresh 3 MB tensor and filling it through a transposed view took 1.3 ms of a 5 ms detection
-    at 640x360; plane by plane into a reused one, 0.3 ms.
+    Each colour plane goes through one 256-entry float table straight into the tensor: the gamma lift (or
+    the identity) and the conversion to float in a single pass. At 640x360 that is 0.6 ms a frame; lifting,
+    then converting plane by plane took 1.1 ms, and a fresh tensor filled through a transposed view 1.3 ms
+    more (a fifth of a detection).
     """
     pixels: npt.NDArray[Any] = image
     if (image.shape[1], image.shape[0]) != (box.resized_width, box.resized_height):
         pixels = cv2.resize(image, (box.resized_width, box.resized_height), interpolation=cv2.INTER_AREA)
-    if low_light:
-        pixels = lift_low_light(pixels)
+    table = _LIFT_FLOAT if low_light and is_dark(pixels) else _LEVELS_FLOAT
     blob = np.zeros((1, 3, box.height, box.width), np.float32) if out is None else out
     for channel, plane in enumerate(cv2.split(pixels)):
-        blob[0, channel, : box.resized_height, : box.resized_width] = plane
+        target = blob[0, channel, : box.resized_height, : box.resized_width]
+        written = cv2.LUT(plane, table, dst=target)
+        if written is not target:  # OpenCV could not write into the view (never seen; kept correct anyway)
+            target[...] = written
     return blob
 
 
