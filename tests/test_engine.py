@@ -84,6 +84,32 @@ def test_face_missed_for_one_frame_is_still_masked() -> None:
     m.close()
 
 
+def test_in_place_paints_the_frame_it_was_handed_and_never_keeps_a_partly_painted_one() -> None:
+    """The batch masker paints each decoded frame's own pixels (no copy); the copying masker leaves the
+    raw frame as it was; and a frame that fails closed comes back as a new, fully masked image."""
+    copying = masker(lambda i: one_face())
+    raw = frame(0)
+    before = raw.image.copy()
+    out = copying.process(raw)
+    assert out is not None and out.image is not raw.image and np.array_equal(raw.image, before)
+    copying.close()
+
+    def script(i: int) -> object:
+        if i == 1:
+            raise RuntimeError("accelerator fell off the bus")
+        return one_face()
+
+    owning = FaceMasker(Scripted(script), TrackerConfig(), MaskConfig(color=COLOR), 200.0, in_place=True)
+    raw = frame(0)
+    out = owning.process(raw)
+    assert out is not None and out.image is raw.image and face_masked(raw.image)
+    failed_raw = frame(1)
+    failed = owning.process(failed_raw)
+    assert failed is not None and failed.fail_closed and failed.image is not failed_raw.image
+    assert fully_masked(failed.image)
+    owning.close()
+
+
 def test_detector_error_masks_the_whole_frame() -> None:
     def script(i: int) -> object:
         if i == 1:

@@ -110,9 +110,13 @@ class FaceMasker:
 
     def __init__(
         self, detector: Detector, tracker: TrackerConfig, mask: MaskConfig, deadline_ms: float, sight: float = 0.0,
-        clinical: ClinicalReader | None = None,
+        clinical: ClinicalReader | None = None, in_place: bool = False,
     ) -> None:
         self.detector = detector
+        self.in_place = in_place
+        """Paint each frame's own pixels instead of a copy: for callers that hand over frames they will not
+        read again (a batch run's decoder). Only a frame whose detection has finished is painted; a frame that
+        fails closed is replaced by a new, fully masked image either way."""
         self.clinical = clinical
         """Reads the clinical signals of the faces seen (`clinical.signals`); None when off."""
         self.mask_cfg = mask
@@ -164,7 +168,7 @@ class FaceMasker:
             read = self._read_clinical(frame, result.regions[:seen], result.track_ids[:seen])
             clinical = time.perf_counter()
             masked = mask_faces(frame, result.regions, landmarks, self._painter,
-                                tuple(s for _, s in read), tuple(row for row, _ in read))
+                                tuple(s for _, s in read), tuple(row for row, _ in read), self.in_place)
         except Exception:
             log.exception("frame %d: tracking or masking failed; frame fails closed", frame.seq)
             return self._fail(frame, "mask_error")
@@ -273,14 +277,15 @@ def _face_masker(cfg: MaskerConfig) -> Masker:
     return face_masker_around(create_detector(cfg.detector, cfg.models), cfg)
 
 
-def face_masker_around(detector: Detector, cfg: MaskerConfig) -> FaceMasker:
+def face_masker_around(detector: Detector, cfg: MaskerConfig, in_place: bool = False) -> FaceMasker:
     """The config's `FaceMasker` (tracker, mask, deadline, clinical reader) around `detector`, which it
-    then owns: if anything here fails, the detector and the reader are closed before the error goes on."""
+    then owns: if anything here fails, the detector and the reader are closed before the error goes on.
+    `in_place`: see `FaceMasker.in_place`."""
     clinical: ClinicalReader | None = None
     try:
         clinical = build_reader(cfg.clinical, cfg.models)
         return FaceMasker(detector, cfg.tracker, cfg.mask, cfg.detector.deadline_ms, sight=cfg.detector.threshold,
-                          clinical=clinical)
+                          clinical=clinical, in_place=in_place)
     except BaseException:
         if clinical is not None:
             clinical.close()

@@ -7,7 +7,6 @@ become) in `styles.py`; `Painter` applies one `MaskConfig`'s style to every face
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
@@ -22,13 +21,12 @@ __all__ = ["EXTRA_DOWN", "EXTRA_UP", "Painter", "head_regions", "mask_faces", "m
 
 
 class Painter:
-    """Applies one `MaskConfig` to frames. Holds its own random generator for the styles' noise."""
+    """Applies one `MaskConfig` to frames. Its style's noise comes from a generator of its own (`Noise`)."""
 
     def __init__(self, cfg: MaskConfig) -> None:
         self.cfg = cfg
         self.color = color_of(cfg.color)
-        self._rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
-        self._style = STYLES.create_named(cfg.style, cfg, Noise(cfg.noise, self._rng))
+        self._style = STYLES.create_named(cfg.style, cfg, Noise(cfg.noise))
 
     def paint(self, image: Image, faces: FloatArray, landmarks: FloatArray | None = None,
               signals: dict[int, FaceSignals] | None = None) -> FloatArray:
@@ -66,10 +64,12 @@ def masked_frame(
 
 
 def mask_faces(raw: RawFrame, faces: FloatArray, landmarks: FloatArray, painter: Painter,
-               signals: tuple[FaceSignals, ...] = (), signal_rows: tuple[int, ...] = ()) -> MaskedFrame:
+               signals: tuple[FaceSignals, ...] = (), signal_rows: tuple[int, ...] = (),
+               in_place: bool = False) -> MaskedFrame:
     """Copy the raw image, paint every face box's head region, and wrap it as a `MaskedFrame`; `signals`
-    are the clinical readings of the boxes at `signal_rows`."""
-    image = raw.image.copy()
+    are the clinical readings of the boxes at `signal_rows`. `in_place` paints the raw image itself (its
+    owner will not use the unmasked pixels again), saving a copy of the frame."""
+    image = raw.image if in_place else raw.image.copy()
     regions = painter.paint(image, faces, landmarks, dict(zip(signal_rows, signals, strict=True)))
     return masked_frame(raw, image, regions, landmarks, signals=signals)
 

@@ -175,7 +175,7 @@ def build_batch_masker(cfg: MaskerConfig) -> tuple[Masker, LookaheadDetector | N
         raise
     lookahead = LookaheadDetector(detectors)
     log.info("batch: %d detector workers x %d onnxruntime threads", workers, threads)
-    return face_masker_around(lookahead, cfg), lookahead
+    return face_masker_around(lookahead, cfg, in_place=True), lookahead  # each decoded frame is used once
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
