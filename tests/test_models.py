@@ -3,6 +3,7 @@ report, and the `edge-mask models` CLI. Real files from ../shared/models; no net
 
 from __future__ import annotations
 
+import argparse
 import functools
 import http.server
 import json
@@ -234,6 +235,25 @@ def test_int8_build_is_deterministic(model_cache: ModelsConfig, shared_dir: Path
         return [{k: v for k, v in row.items() if not k.endswith("_ms")} for row in rows]
 
     assert untimed(report["parity_by_threshold"]) == untimed(first["parity_by_threshold"])
+
+
+def test_cli_quantize_builds_the_shipped_model_by_default() -> None:
+    """`edge-mask models quantize` as models/README.md writes it calibrates on as many images as the demo
+    and this suite's build (the library's default): the CLI's own default of 60 built another model, with
+    another sha256 than the one the ARM parity run checked."""
+    import inspect
+
+    from edge_mask.cli import build_parser
+    from edge_mask.tools.quantize import CALIB_COUNT
+
+    parser = build_parser("models")
+    args = parser.parse_args(["models", "quantize", "--calib", "photos"])
+    assert args.calib_count is None
+    assert inspect.signature(quantize_model).parameters["calib_count"].default == CALIB_COUNT
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    quantize = next(a for a in sub.choices["models"]._actions if isinstance(a, argparse._SubParsersAction))
+    help_text = quantize.choices["quantize"].format_help()
+    assert f"default {CALIB_COUNT}" in " ".join(help_text.split())
 
 
 def test_cli_list_verify_fetch(tmp_path: Path, shared_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

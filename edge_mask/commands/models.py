@@ -51,7 +51,8 @@ def register(subparsers: Any) -> None:
     p_quant.add_argument("-o", "--output", type=Path, help=f"output .onnx (default: the cache's {DEFAULT_INT8})")
     p_quant.add_argument("--format", dest="formats", action="append", choices=["QDQ", "QOperator"],
                          help="quantization format(s) to try (default both)")
-    p_quant.add_argument("--calib-count", type=int, default=60, metavar="N", help="calibration images (default 60)")
+    p_quant.add_argument("--calib-count", type=int, metavar="N",
+                         help="calibration images (default 128: the shipped model, as the demo and the tests build it)")
     p_quant.add_argument("--detect-width", type=int, default=640, metavar="PX", help="detection width (default 640)")
     p_quant.add_argument("--json", action="store_true", help="print the parity report as JSON")
     p_quant.set_defaults(func=run_quantize)
@@ -128,9 +129,10 @@ def run_quantize(args: argparse.Namespace) -> int:
     models = _models_config(args)
     source = resolve_model(args.source, models, "fp32")
     output = args.output or cache_path(load_manifest().get(DEFAULT_INT8), models)
+    count = {} if args.calib_count is None else {"calib_count": args.calib_count}
     report = quantize_model(
         source, output, calibration=args.calib, parity=args.parity or None, formats=args.formats or DEFAULT_FORMATS,
-        calib_count=args.calib_count, detect_width=args.detect_width, progress=print,
+        detect_width=args.detect_width, progress=print, **count,
     )
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
