@@ -110,6 +110,44 @@ def test_in_place_paints_the_frame_it_was_handed_and_never_keeps_a_partly_painte
     owning.close()
 
 
+class Timed(Scripted):
+    """A `TimedDetector`: the masker waits on `detect_within` itself, with no detector-thread hop."""
+
+    def __init__(self, script: Callable[[int], object]) -> None:
+        super().__init__(script)
+        self.timeouts: list[float] = []
+
+    def detect_within(self, image: Image, timeout: float) -> Detections:
+        self.timeouts.append(timeout)
+        return self.detect(image)
+
+
+def test_a_timed_detector_is_waited_on_directly_and_fails_closed_the_same_way() -> None:
+    from edge_mask.detect import TimedDetector, TooManyFaces
+
+    def script(i: int) -> object:
+        if i == 1:
+            raise TimeoutError("worker still busy")
+        if i == 2:
+            raise RuntimeError("worker crashed")
+        if i == 3:
+            raise TooManyFaces(301, 300)
+        return one_face()
+
+    detector = Timed(script)
+    assert isinstance(detector, TimedDetector) and not isinstance(Scripted(script), TimedDetector)
+    m = FaceMasker(detector, TrackerConfig(), MaskConfig(color=COLOR), 150.0)
+    outs = [m.process(frame(i)) for i in range(5)]
+    assert outs[0] is not None and face_masked(outs[0].image) and not outs[0].fail_closed
+    assert all(o is not None and o.fail_closed and fully_masked(o.image) for o in outs[1:4])
+    assert outs[4] is not None and not outs[4].fail_closed and face_masked(outs[4].image)
+    stats = m.stats()
+    assert (stats["fail_closed_detector_timeout"], stats["fail_closed_detector_error"],
+            stats["fail_closed_too_many_faces"]) == (1, 1, 1)
+    assert detector.timeouts == [0.15] * 5, "every frame waits at most the masker's deadline"
+    m.close()
+
+
 def test_detector_error_masks_the_whole_frame() -> None:
     def script(i: int) -> object:
         if i == 1:

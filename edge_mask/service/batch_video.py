@@ -24,6 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
@@ -90,12 +91,23 @@ class LookaheadDetector:
         self._jobs.put(job)
 
     def detect(self, image: Image) -> Detections:
+        return self._collect(image).result()
+
+    def detect_within(self, image: Image, timeout: float) -> Detections:
+        """`detect` with a deadline (the `TimedDetector` protocol): TimeoutError when the worker has not
+        finished this frame in `timeout` seconds; the masker then fails the frame closed."""
+        try:
+            return self._collect(image).result(timeout)
+        except futures.TimeoutError:  # TimeoutError itself from Python 3.11; its own class before
+            raise TimeoutError(f"no detections within {timeout:.3f} s") from None
+
+    def _collect(self, image: Image) -> Future[Detections]:
         with self._lock:
             job = self._ahead.pop(id(image), None)
         if job is None or job[0] is not image:
             job = (image, Future())
             self._jobs.put(job)
-        return job[1].result()
+        return job[1]
 
     def forget(self) -> None:
         """Drop every announced frame not yet collected (after an error): queued ones are cancelled, and a
