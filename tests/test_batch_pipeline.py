@@ -8,6 +8,7 @@ chosen frame (matched by its pixels, since workers take frames in any order).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,7 @@ def failing_masker(cfg: MaskerConfig, bad: Image, workers: int = 2) -> tuple[Fac
     """The batch masker's shape (FaceMasker around a LookaheadDetector) over detectors failing on `bad`."""
     lookahead = LookaheadDetector([FailingDetector(create_detector(cfg.detector, cfg.models), bad)
                                    for _ in range(workers)])
-    return FaceMasker(lookahead, cfg.tracker, cfg.mask, cfg.detector.deadline_ms), lookahead
+    return FaceMasker(lookahead, cfg.tracker, cfg.mask, cfg.detector.deadline_ms, in_place=True), lookahead
 
 
 def test_a_failing_worker_fails_its_frame_closed(model_cache: ModelsConfig, frames: list[Image], clip: Path) -> None:
@@ -205,7 +206,7 @@ def test_a_hung_worker_trips_the_masker_deadline(model_cache: ModelsConfig, fram
     release = threading.Event()  # whichever worker takes the frame hangs on it
     lookahead = LookaheadDetector([HangingDetector(create_detector(cfg.detector, cfg.models), frames[BAD_FRAME],
                                                    release) for _ in range(2)])
-    masker = FaceMasker(lookahead, cfg.tracker, cfg.mask, cfg.detector.deadline_ms)
+    masker = FaceMasker(lookahead, cfg.tracker, cfg.mask, cfg.detector.deadline_ms, in_place=True)
     writer = ReleasingWriter(release, BAD_FRAME)
     try:
         with VideoReader(clip) as reader:
@@ -218,7 +219,7 @@ def test_a_hung_worker_trips_the_masker_deadline(model_cache: ModelsConfig, fram
     assert seen[BAD_FRAME].fail_closed and stats["fail_closed_detector_timeout"] == 1
     assert not any(m.fail_closed for m in seen[:BAD_FRAME]), "frames before the hang are masked normally"
     for masked, image in zip(seen, writer.images, strict=True):
-        if masked.fail_closed:  # the hung frame, and frames met while the detector was still busy with it
+        if masked.fail_closed:  # the hung frame (and any refused while every worker hung)
             assert np.all(image == np.array(BLACK, np.uint8))
     assert not seen[-1].fail_closed, "detection resumes once the worker comes back"
 
@@ -272,6 +273,87 @@ def test_lookahead_detects_frames_it_was_not_told_about(model_cache: ModelsConfi
         assert np.array_equal(first.boxes, again.boxes) and len(first) >= 1
     finally:
         masker.close()
+
+
+class GatedDetector:
+    """A fake worker detector: blocks on the frames whose first pixel is in `gated` until `gate` is set, and
+    records the first pixel of every frame it detects (a frame's number)."""
+
+    def __init__(self, gate: threading.Event, gated: set[int]) -> None:
+        self.gate, self.gated = gate, gated
+        self.seen: list[int] = []
+
+    def detect(self, image: Image) -> Detections:
+        number = int(image[0, 0, 0])
+        self.seen.append(number)
+        if number in self.gated:
+            self.gate.wait(10)
+        if number == 9:
+            raise TimeoutError("the detector's own timeout")
+        return Detections.empty()
+
+    def close(self) -> None:
+        pass
+
+
+def numbered(n: int) -> Image:
+    return np.full((8, 8, 3), n, np.uint8)
+
+
+def test_lookahead_deadline_cancels_what_no_worker_started_and_refuses_frames_while_every_worker_hangs() -> None:
+    from edge_mask.detect import DeadlineMissed, DetectorBusy
+
+    gate = threading.Event()
+    fake = GatedDetector(gate, gated={1})
+    lookahead = LookaheadDetector([fake])
+    frames = [numbered(n) for n in range(5)]
+    try:
+        for image in frames[1:3]:
+            lookahead.ahead(image)
+        with pytest.raises(DeadlineMissed):  # frame 1 hangs its (only) worker
+            lookahead.detect_within(frames[1], 0.05)
+        started = time.monotonic()
+        with pytest.raises(DetectorBusy):  # every worker is on an overdue frame: no wait at all
+            lookahead.detect_within(frames[2], 5.0)
+        assert time.monotonic() - started < 1.0
+        gate.set()
+        deadline = time.monotonic() + 5.0
+        while True:  # refused until the hung frame has come back, then detected again
+            try:
+                assert len(lookahead.detect_within(frames[3], 5.0)) == 0
+                break
+            except DetectorBusy:
+                assert time.monotonic() < deadline, "the worker never came back"
+                time.sleep(0.01)
+        assert fake.seen == [1, 3], "refused frames were cancelled before any worker started them"
+        with pytest.raises(TimeoutError) as raised:  # a detector's own TimeoutError is its error, not the deadline
+            lookahead.detect_within(numbered(9), 5.0)
+        assert not isinstance(raised.value, DeadlineMissed)
+    finally:
+        gate.set()
+        lookahead.close()
+
+
+def test_a_frame_that_missed_its_deadline_before_a_worker_took_it_is_never_detected() -> None:
+    from edge_mask.detect import DeadlineMissed
+
+    gate = threading.Event()
+    fake = GatedDetector(gate, gated={1})
+    lookahead = LookaheadDetector([fake])
+    try:
+        one, two = numbered(1), numbered(2)
+        lookahead.ahead(one)
+        lookahead.ahead(two)
+        time.sleep(0.05)  # the worker has taken frame 1 and hangs on it; frame 2 waits in the queue
+        with pytest.raises(DeadlineMissed):
+            lookahead.detect_within(two, 0.05)
+        gate.set()
+        assert len(lookahead.detect_within(one, 5.0)) == 0
+        assert len(lookahead.detect_within(numbered(3), 5.0)) == 0
+        assert fake.seen == [1, 3]
+    finally:
+        gate.set()
+        lookahead.close()
 
 
 def test_workers_take_the_cpus_before_threads() -> None:

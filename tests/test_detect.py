@@ -131,22 +131,30 @@ def test_make_blob_pads_bottom_right() -> None:
     assert not blob[0, :, 100:, :].any() and not blob[0, :, :, 200:].any()
 
 
-@pytest.mark.parametrize("level", [10, 200])
-def test_make_blob_lifts_dark_frames_as_the_lift_does(level: int) -> None:
-    """The blob's one-pass table (gamma lift or identity, then float) gives exactly the values of lifting
-    the 8-bit frame and converting it, padding included."""
+@pytest.mark.parametrize("size", [(500, 300), (1280, 720)])
+def test_make_blob_lifts_dark_frames_as_the_lift_does(size: tuple[int, int]) -> None:
+    """The blob's one-pass table (gamma lift or identity, then float) gives exactly the values of resizing,
+    lifting the 8-bit frame when dark and converting it; a tensor reused from frame to frame, bright then
+    dark then bright, keeps its zero padding."""
+    import cv2
+
     from edge_mask.detect.yunet import lift_low_light
 
+    width, height = size
+    box = plan_input(width, height, 640)
     rng = np.random.default_rng(7)
-    image = np.clip(rng.normal(level, 8, (300, 500, 3)), 0, 255).astype(np.uint8)
-    box = plan_input(500, 300, 640)
-    expected = np.zeros((1, 3, box.height, box.width), np.float32)
-    expected[0, :, :300, :500] = lift_low_light(image).transpose(2, 0, 1)
-    reused = np.zeros_like(expected)
-    for _ in range(2):  # a reused tensor keeps its zero padding
+    reused = np.zeros((1, 3, box.height, box.width), np.float32)  # as OnnxYuNet keeps one per letterbox
+    for level in (200, 10, 200):
+        image = np.clip(rng.normal(level, 8, (height, width, 3)), 0, 255).astype(np.uint8)
+        small = image
+        if (width, height) != (box.resized_width, box.resized_height):
+            small = cv2.resize(image, (box.resized_width, box.resized_height), interpolation=cv2.INTER_AREA)
+        expected = np.zeros((1, 3, box.height, box.width), np.float32)
+        expected[0, :, : box.resized_height, : box.resized_width] = lift_low_light(small).transpose(2, 0, 1)
         assert np.array_equal(make_blob(image, box, low_light=True, out=reused), expected)
-    if level < 60:
-        assert not np.array_equal(make_blob(image, box, low_light=False), expected)  # the lift did change it
+        assert np.array_equal(make_blob(image, box, low_light=True), expected)
+        plain = make_blob(image, box, low_light=False)
+        assert np.array_equal(plain, expected) == (level >= 60), "only a dark frame is lifted"
 
 
 def test_postprocess_maps_back_and_returns_empty_shape() -> None:

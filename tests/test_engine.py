@@ -123,28 +123,62 @@ class Timed(Scripted):
 
 
 def test_a_timed_detector_is_waited_on_directly_and_fails_closed_the_same_way() -> None:
-    from edge_mask.detect import TimedDetector, TooManyFaces
+    from edge_mask.detect import DeadlineMissed, DetectorBusy, TimedDetector, TooManyFaces
+
+    failures: dict[int, BaseException] = {
+        1: DeadlineMissed("no detections in time"), 2: DetectorBusy("every worker hangs"),
+        3: RuntimeError("worker crashed"), 4: TooManyFaces(301, 300),
+        5: TimeoutError("the detector's own timeout"),  # not the masker's deadline: a detector error
+    }
 
     def script(i: int) -> object:
-        if i == 1:
-            raise TimeoutError("worker still busy")
-        if i == 2:
-            raise RuntimeError("worker crashed")
-        if i == 3:
-            raise TooManyFaces(301, 300)
+        if i in failures:
+            raise failures[i]
         return one_face()
 
     detector = Timed(script)
     assert isinstance(detector, TimedDetector) and not isinstance(Scripted(script), TimedDetector)
+    def detector_threads() -> int:
+        return sum(t.name == "edge-mask-detector" for t in threading.enumerate())
+
+    before = detector_threads()
     m = FaceMasker(detector, TrackerConfig(), MaskConfig(color=COLOR), 150.0)
-    outs = [m.process(frame(i)) for i in range(5)]
+    assert detector_threads() == before, "no idle detector thread beside the detector's own workers"
+    outs = [m.process(frame(i)) for i in range(7)]
     assert outs[0] is not None and face_masked(outs[0].image) and not outs[0].fail_closed
-    assert all(o is not None and o.fail_closed and fully_masked(o.image) for o in outs[1:4])
-    assert outs[4] is not None and not outs[4].fail_closed and face_masked(outs[4].image)
+    assert all(o is not None and o.fail_closed and fully_masked(o.image) for o in outs[1:6])
+    assert outs[6] is not None and not outs[6].fail_closed and face_masked(outs[6].image)
     stats = m.stats()
-    assert (stats["fail_closed_detector_timeout"], stats["fail_closed_detector_error"],
-            stats["fail_closed_too_many_faces"]) == (1, 1, 1)
-    assert detector.timeouts == [0.15] * 5, "every frame waits at most the masker's deadline"
+    assert {r: stats[f"fail_closed_{r}"] for r in ("detector_timeout", "detector_busy", "detector_error",
+                                                    "too_many_faces")} == {
+        "detector_timeout": 1, "detector_busy": 1, "detector_error": 2, "too_many_faces": 1}
+    assert detector.timeouts == [0.15] * 7, "every frame waits at most the masker's deadline"
+    m.close()
+
+
+def test_a_style_failing_half_way_never_leaves_a_partly_painted_frame_in_place() -> None:
+    """In place, a mask error after the first face leaves the raw frame half painted; what comes back is a
+    new, fully masked image, counted as a mask error."""
+    two = np.array([[10, 10, 50, 60], [90, 40, 130, 90]], np.float32)
+    m = FaceMasker(Scripted(lambda i: Detections(two, np.array([0.9, 0.9], np.float32),
+                                                 np.zeros((2, 5, 2), np.float32))),
+                   TrackerConfig(), MaskConfig(color=COLOR), 200.0, in_place=True)
+    painted: list[int] = []
+    style = m._painter._style
+    real_paint = style.paint
+
+    def paint_once(image: Image, *args: object, **kwargs: object) -> None:
+        if painted:
+            raise RuntimeError("a bug in the second face's style")
+        painted.append(1)
+        real_paint(image, *args, **kwargs)  # type: ignore[arg-type]
+
+    style.paint = paint_once  # type: ignore[method-assign]
+    raw = frame(0)
+    out = m.process(raw)
+    assert painted == [1], "the first face was painted on the raw frame before the failure"
+    assert out is not None and out.fail_closed and out.image is not raw.image and fully_masked(out.image)
+    assert m.stats()["fail_closed_mask_error"] == 1
     m.close()
 
 

@@ -24,7 +24,15 @@ from edge_mask.detect.agreement import (
     margin_at,
     matched,
 )
-from edge_mask.detect.base import DETECTORS, Detector, TimedDetector, TooManyFaces, create_detector
+from edge_mask.detect.base import (
+    DETECTORS,
+    DeadlineMissed,
+    Detector,
+    DetectorBusy,
+    TimedDetector,
+    TooManyFaces,
+    create_detector,
+)
 from edge_mask.detect.models import ModelEntry, cache_path, check_cached, fetch, load_manifest
 from edge_mask.detect.precision import Timing, auto_candidates, resolve_model, timing
 from edge_mask.detect.report import coverage_line, detector_stats, parity_summary, smallest_face_px
@@ -40,7 +48,9 @@ __all__ = [
     "PARITY_IOU",
     "PARITY_MARGIN",
     "REQUIRED_AGREEMENT",
+    "DeadlineMissed",
     "Detector",
+    "DetectorBusy",
     "Letterbox",
     "ModelEntry",
     "OnnxYuNet",

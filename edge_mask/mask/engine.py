@@ -11,8 +11,9 @@ Fail-closed means: whatever goes wrong (detector error, deadline missed, detecto
 that returns the raw pixels.
 
 A detector that runs on threads of its own and waits within a deadline (`TimedDetector`: a batch run's
-look-ahead workers) is waited on directly, with the same deadline and the same fail-closed reasons; a hung
-worker then costs its frame the deadline, and the other workers carry on with the next frames.
+look-ahead workers) is waited on directly, with the same deadline and the same fail-closed reasons: a hung
+worker costs its frame the deadline while the other workers carry on, and once every worker hangs, frames
+fail closed at once as `detector_busy`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from edge_mask.clinical import ClinicalReader, build_reader
 from edge_mask.config import MaskConfig, MaskerConfig, TrackerConfig
 from edge_mask.core.stats import percentile
 from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
-from edge_mask.detect import Detector, TimedDetector, TooManyFaces, create_detector
+from edge_mask.detect import DeadlineMissed, Detector, DetectorBusy, TimedDetector, TooManyFaces, create_detector
 from edge_mask.mask.base import MASKERS, Masker, build_masker
 from edge_mask.mask.paint import Painter, mask_faces, mask_whole_frame
 from edge_mask.mask.scene import CutDetector
@@ -45,7 +46,8 @@ SAMPLES = 4096
 
 
 class _Call:
-    """One detection request handed to the detector thread."""
+    """One frame's detection: its result or error once `done` is set (by the detector thread, or by the
+    masker itself for a `TimedDetector`); never set when the deadline passed first."""
 
     __slots__ = ("done", "error", "image", "result")
 
@@ -131,7 +133,8 @@ class FaceMasker:
         self._tracker = Tracker(tracker)
         self._cuts = CutDetector(tracker.cut_threshold)
         self._painter = Painter(mask)
-        self._thread = DetectorThread(detector)
+        self._timed = detector if isinstance(detector, TimedDetector) else None
+        self._thread = None if self._timed is not None else DetectorThread(detector)
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {
             "frames": 0, "faces_detected": 0, "faces_masked": 0, "faces_held": 0, "dropped": 0, "scene_cuts": 0,
@@ -193,15 +196,18 @@ class FaceMasker:
     def _detect(self, image: Image) -> _Call | None:
         """Detect `image` within the deadline: a finished call (result or error), an unfinished one (the
         deadline passed), or None (the detector thread is still busy with an earlier frame)."""
-        if not isinstance(self.detector, TimedDetector):
+        if self._thread is not None:
             call = self._thread.submit(image)
             if call is not None:
                 call.done.wait(self.deadline_s)
             return call
+        assert self._timed is not None
         call = _Call(image)
         try:
-            call.result = self.detector.detect_within(image, self.deadline_s)
-        except TimeoutError:
+            call.result = self._timed.detect_within(image, self.deadline_s)
+        except DetectorBusy:
+            return None
+        except DeadlineMissed:
             return call
         except Exception as exc:  # noqa: BLE001 - the caller logs it and fails the frame closed
             call.error = exc
@@ -214,7 +220,15 @@ class FaceMasker:
         The first inference at a new input size allocates buffers and can take many times longer than
         the rest; calling this before a stream starts keeps that first frame from failing closed.
         """
-        call = self._thread.submit(np.zeros((height, width, 3), np.uint8))
+        blank = np.zeros((height, width, 3), np.uint8)
+        if self._timed is not None:
+            try:
+                self._timed.detect_within(blank, max(30.0, self.deadline_s))
+            except Exception as exc:  # noqa: BLE001 - the first real frame meets the same error and fails closed
+                log.debug("warm-up detection failed: %r", exc)
+            return
+        assert self._thread is not None
+        call = self._thread.submit(blank)
         if call is not None:
             call.done.wait(max(30.0, self.deadline_s))
 
@@ -258,7 +272,8 @@ class FaceMasker:
 
     def close(self) -> None:
         """Stop the detector thread and release the detector."""
-        self._thread.close()
+        if self._thread is not None:
+            self._thread.close()
         self.detector.close()
         if self.clinical is not None:
             self.clinical.close()
@@ -266,7 +281,7 @@ class FaceMasker:
     # ------------------------------------------------------------------------------------------ internals
 
     def _read_clinical(self, frame: RawFrame, boxes: Any, track_ids: tuple[int, ...]) -> list[tuple[int, Any]]:
-        """The clinical readings of the faces seen, from the raw frame (painting works on a copy). Optional:
+        """The clinical readings of the faces seen, from the raw frame, read before any painting. Optional:
         an error here loses the readings of this frame, never the frame."""
         if self.clinical is None or not len(track_ids):
             return []

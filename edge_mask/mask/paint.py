@@ -66,9 +66,9 @@ def masked_frame(
 def mask_faces(raw: RawFrame, faces: FloatArray, landmarks: FloatArray, painter: Painter,
                signals: tuple[FaceSignals, ...] = (), signal_rows: tuple[int, ...] = (),
                in_place: bool = False) -> MaskedFrame:
-    """Copy the raw image, paint every face box's head region, and wrap it as a `MaskedFrame`; `signals`
-    are the clinical readings of the boxes at `signal_rows`. `in_place` paints the raw image itself (its
-    owner will not use the unmasked pixels again), saving a copy of the frame."""
+    """Paint every face box's head region on a copy of the raw image (with `in_place`, on the raw image
+    itself: its owner will not use the unmasked pixels again) and wrap it as a `MaskedFrame`; `signals` are
+    the clinical readings of the boxes at `signal_rows`."""
     image = raw.image if in_place else raw.image.copy()
     regions = painter.paint(image, faces, landmarks, dict(zip(signal_rows, signals, strict=True)))
     return masked_frame(raw, image, regions, landmarks, signals=signals)

@@ -10,10 +10,11 @@ OpenCV and onnxruntime release the GIL, so threads overlap the stages:
 What does not change: every frame still goes through the same `FaceMasker.process` in frame order with its
 video timestamp, so the tracker, the deadline and the fail-closed rules are the masker's own. Detection is
 the only stage that runs ahead: it is a pure function of one frame, so the workers compute for frame i
-exactly what the masker's own detector would, and the masker's detector thread picks that result up (an
-error raised by a worker is raised there, so the frame fails closed as before; a hung worker trips the
-masker's deadline). Frames stay in order, queues are bounded (memory does not grow with the video), and an
-error in any stage stops the others and is raised in the caller's thread, where batch.py reports it.
+exactly what the masker's own detector would, and the masker waits for that result within its deadline
+(`LookaheadDetector.detect_within`: an error raised by a worker fails the frame closed as before, a hung
+worker trips the deadline, and while every worker hangs frames fail closed at once). Frames stay in order,
+queues are bounded (memory does not grow with the video), and an error in any stage stops the others and is
+raised in the caller's thread, where batch.py reports it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from edge_mask.capture import MediaError, VideoReader
 from edge_mask.config import MaskerConfig
 from edge_mask.core.stats import usable_cpus
 from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
-from edge_mask.detect import Detector, create_detector, resolve_model
+from edge_mask.detect import DeadlineMissed, Detector, DetectorBusy, create_detector, resolve_model
 from edge_mask.mask import Masker, build_masker, face_masker_around
 from edge_mask.service.outputs import VideoWriter
 
@@ -67,6 +68,7 @@ class LookaheadDetector:
         self._detectors = list(detectors)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._ahead: dict[int, _Job] = {}
+        self._overdue: list[Future[Detections]] = []
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, args=(d,), name=f"edge-mask-detect-{n}", daemon=True)
                          for n, d in enumerate(self._detectors)]
@@ -94,12 +96,28 @@ class LookaheadDetector:
         return self._collect(image).result()
 
     def detect_within(self, image: Image, timeout: float) -> Detections:
-        """`detect` with a deadline (the `TimedDetector` protocol): TimeoutError when the worker has not
-        finished this frame in `timeout` seconds; the masker then fails the frame closed."""
-        try:
-            return self._collect(image).result(timeout)
-        except futures.TimeoutError:  # TimeoutError itself from Python 3.11; its own class before
-            raise TimeoutError(f"no detections within {timeout:.3f} s") from None
+        """`detect` with a deadline (the `TimedDetector` protocol); the masker fails the frame closed on
+        `DeadlineMissed` or `DetectorBusy`.
+
+        A frame that missed its deadline is cancelled if no worker has started it yet; one a worker is still
+        on counts as overdue until it finishes. While every worker is on an overdue frame (hung), frames are
+        refused at once (`DetectorBusy`), as the masker's detector thread refuses them while it is stuck,
+        rather than each waiting out a deadline.
+        """
+        with self._lock:
+            self._overdue = [future for future in self._overdue if not future.done()]
+            stuck = len(self._overdue) >= len(self._threads)
+        future = self._collect(image)
+        if stuck:
+            future.cancel()
+            raise DetectorBusy(f"all {len(self._threads)} detector workers are still on frames past their deadline")
+        done, _ = futures.wait([future], timeout)
+        if not done:
+            if not future.cancel():  # already running: it holds its worker until it returns
+                with self._lock:
+                    self._overdue.append(future)
+            raise DeadlineMissed(f"no detections within {timeout:.3f} s")
+        return future.result()
 
     def _collect(self, image: Image) -> Future[Detections]:
         with self._lock:
@@ -142,7 +160,7 @@ class LookaheadDetector:
             return
         try:
             future.set_result(detector.detect(image))
-        except Exception as exc:  # noqa: BLE001 - raised in the masker's detector thread, which fails closed
+        except Exception as exc:  # noqa: BLE001 - raised to the masker waiting for this frame, which fails it closed
             future.set_exception(exc)
 
 
