@@ -234,7 +234,8 @@ def _linkage(linkage: dict[str, Any]) -> list[str]:
            "first half is linked to the nearest second half. Chance is one in the number of clips; the target is "
            "chance plus 10 points. The halves of one clip share the person and the moment (the same sign), so "
            "this is an upper bound on what links a person.", ""]
-    rows = [[tier, r["clips"], r["linked"], _pct(r["share"]), _pct(r["chance"])] for tier, r in linkage.items()
+    tiers = sorted(linkage.items(), key=lambda item: (item[0] != "standard", item[0]))  # the default tier first
+    rows = [[tier, r["clips"], r["linked"], _pct(r["share"]), _pct(r["chance"])] for tier, r in tiers
             if isinstance(r, dict) and "linked" in r]
     return out + _table(["tier", "clips", "halves linked to their own clip", "share", "chance"], rows)
 
