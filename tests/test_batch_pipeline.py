@@ -24,7 +24,8 @@ from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
 from edge_mask.detect import Detector, create_detector
 from edge_mask.mask import FaceMasker, Masker, build_masker
 from edge_mask.service import build_batch_masker
-from edge_mask.service.batch_video import LookaheadDetector, mask_video, plan_workers
+from edge_mask.service.batch_video import mask_video
+from edge_mask.service.lookahead import LookaheadDetector, plan_workers
 
 CLIP = ("video", "asl", "eat.mkv")
 BAD_FRAME = 5
@@ -282,11 +283,14 @@ class GatedDetector:
     def __init__(self, gate: threading.Event, gated: set[int]) -> None:
         self.gate, self.gated = gate, gated
         self.seen: list[int] = []
+        self.started = threading.Event()
+        """Set once a worker is inside a gated frame."""
 
     def detect(self, image: Image) -> Detections:
         number = int(image[0, 0, 0])
         self.seen.append(number)
         if number in self.gated:
+            self.started.set()
             self.gate.wait(10)
         if number == 9:
             raise TimeoutError("the detector's own timeout")
@@ -310,12 +314,20 @@ def test_lookahead_deadline_cancels_what_no_worker_started_and_refuses_frames_wh
     try:
         for image in frames[1:3]:
             lookahead.ahead(image)
+        assert fake.started.wait(5)
         with pytest.raises(DeadlineMissed):  # frame 1 hangs its (only) worker
             lookahead.detect_within(frames[1], 0.05)
         started = time.monotonic()
         with pytest.raises(DetectorBusy):  # every worker is on an overdue frame: no wait at all
             lookahead.detect_within(frames[2], 5.0)
+        for _ in range(50):  # a hang meets frames at decode speed: none is queued or kept
+            refused = numbered(4)
+            lookahead.ahead(refused)
+            with pytest.raises(DetectorBusy):
+                lookahead.detect_within(refused, 5.0)
         assert time.monotonic() - started < 1.0
+        # only frame 2's job waits in the queue (announced before the hang was seen), cancelled, frame let go
+        assert lookahead._jobs.qsize() == 1 and lookahead.pending == 0
         gate.set()
         deadline = time.monotonic() + 5.0
         while True:  # refused until the hung frame has come back, then detected again
@@ -344,7 +356,7 @@ def test_a_frame_that_missed_its_deadline_before_a_worker_took_it_is_never_detec
         one, two = numbered(1), numbered(2)
         lookahead.ahead(one)
         lookahead.ahead(two)
-        time.sleep(0.05)  # the worker has taken frame 1 and hangs on it; frame 2 waits in the queue
+        assert fake.started.wait(5)  # the worker has taken frame 1 and hangs on it; frame 2 waits in the queue
         with pytest.raises(DeadlineMissed):
             lookahead.detect_within(two, 0.05)
         gate.set()

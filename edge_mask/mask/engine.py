@@ -195,7 +195,8 @@ class FaceMasker:
 
     def _detect(self, image: Image) -> _Call | None:
         """Detect `image` within the deadline: a finished call (result or error), an unfinished one (the
-        deadline passed), or None (the detector thread is still busy with an earlier frame)."""
+        deadline passed), or None (the detector is still busy with earlier frames: its thread, or every
+        worker of a `TimedDetector`)."""
         if self._thread is not None:
             call = self._thread.submit(image)
             if call is not None:

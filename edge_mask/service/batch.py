@@ -24,7 +24,8 @@ from edge_mask.capture import MediaError, VideoReader, kind_of, read_image
 from edge_mask.core.errors import UserError
 from edge_mask.core.types import MaskedFrame, RawFrame
 from edge_mask.mask import Masker
-from edge_mask.service.batch_video import LookaheadDetector, mask_video
+from edge_mask.service.batch_video import mask_video
+from edge_mask.service.lookahead import LookaheadDetector
 from edge_mask.service.outputs import VideoWriter, expand_inputs, output_path, write_image
 
 log = logging.getLogger(__name__)

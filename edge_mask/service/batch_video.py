@@ -25,159 +25,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent import futures
-from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
 
 from edge_mask.capture import MediaError, VideoReader
 from edge_mask.config import MaskerConfig
-from edge_mask.core.stats import usable_cpus
-from edge_mask.core.types import Detections, Image, MaskedFrame, RawFrame
-from edge_mask.detect import DeadlineMissed, Detector, DetectorBusy, create_detector, resolve_model
+from edge_mask.core.types import MaskedFrame, RawFrame
+from edge_mask.detect import Detector, create_detector, resolve_model
 from edge_mask.mask import Masker, build_masker, face_masker_around
+from edge_mask.service.lookahead import LookaheadDetector, plan_workers
 from edge_mask.service.outputs import VideoWriter
 
 log = logging.getLogger(__name__)
 
 QUEUE_FRAMES = 8
 """Frames each bounded queue (decoded, masked) holds: enough to ride out jitter, little memory."""
-MAX_WORKERS = 4
 POLL_S = 0.1
 """How often a thread blocked on a full or empty queue checks whether the pipeline was stopped."""
 
 T = TypeVar("T")
-
-
-_Job = tuple[Image, Future[Detections]]
-
-
-class LookaheadDetector:
-    """The `Detector` protocol over worker threads, one detector each, that work ahead on frames announced
-    with `ahead()`.
-
-    `detect(image)` returns the result computed for that very image object (waiting for it if needed, and
-    raising what the worker raised); an image never announced (a warm-up frame, a photo) is queued and
-    detected there and then. Workers are daemon threads, like the masker's detector thread: a detector hung
-    in native code is left behind at close and never blocks the process from exiting.
-    """
-
-    def __init__(self, detectors: Sequence[Detector]) -> None:
-        if not detectors:
-            raise ValueError("LookaheadDetector needs at least one detector")
-        self._detectors = list(detectors)
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._ahead: dict[int, _Job] = {}
-        self._overdue: list[Future[Detections]] = []
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._work, args=(d,), name=f"edge-mask-detect-{n}", daemon=True)
-                         for n, d in enumerate(self._detectors)]
-        for thread in self._threads:
-            thread.start()
-
-    @property
-    def workers(self) -> int:
-        return len(self._detectors)
-
-    @property
-    def pending(self) -> int:
-        """Frames announced and not yet collected (0 after `forget()`: no raw frame is held)."""
-        with self._lock:
-            return len(self._ahead)
-
-    def ahead(self, image: Image) -> None:
-        """Start detecting `image` on the next free worker; `detect(image)` collects the result."""
-        job: _Job = (image, Future())
-        with self._lock:
-            self._ahead[id(image)] = job
-        self._jobs.put(job)
-
-    def detect(self, image: Image) -> Detections:
-        return self._collect(image).result()
-
-    def detect_within(self, image: Image, timeout: float) -> Detections:
-        """`detect` with a deadline (the `TimedDetector` protocol); the masker fails the frame closed on
-        `DeadlineMissed` or `DetectorBusy`.
-
-        A frame that missed its deadline is cancelled if no worker has started it yet; one a worker is still
-        on counts as overdue until it finishes. While every worker is on an overdue frame (hung), frames are
-        refused at once (`DetectorBusy`), as the masker's detector thread refuses them while it is stuck,
-        rather than each waiting out a deadline.
-        """
-        with self._lock:
-            self._overdue = [future for future in self._overdue if not future.done()]
-            stuck = len(self._overdue) >= len(self._threads)
-        future = self._collect(image)
-        if stuck:
-            future.cancel()
-            raise DetectorBusy(f"all {len(self._threads)} detector workers are still on frames past their deadline")
-        done, _ = futures.wait([future], timeout)
-        if not done:
-            if not future.cancel():  # already running: it holds its worker until it returns
-                with self._lock:
-                    self._overdue.append(future)
-            raise DeadlineMissed(f"no detections within {timeout:.3f} s")
-        return future.result()
-
-    def _collect(self, image: Image) -> Future[Detections]:
-        with self._lock:
-            job = self._ahead.pop(id(image), None)
-        if job is None or job[0] is not image:
-            job = (image, Future())
-            self._jobs.put(job)
-        return job[1]
-
-    def forget(self) -> None:
-        """Drop every announced frame not yet collected (after an error): queued ones are cancelled, and a
-        result still being computed is thrown away."""
-        with self._lock:
-            jobs, self._ahead = list(self._ahead.values()), {}
-        for _, future in jobs:
-            future.cancel()
-
-    def close(self, timeout: float = 1.0) -> None:
-        self.forget()
-        for _ in self._threads:
-            self._jobs.put(None)
-        for thread in self._threads:
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning("%s still busy at close; leaving it (daemon) behind", thread.name)
-        for detector in self._detectors:
-            detector.close()
-
-    def _work(self, detector: Detector) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            self._run(detector, *job)
-            del job  # no raw frame stays referenced while the worker waits for the next one
-
-    @staticmethod
-    def _run(detector: Detector, image: Image, future: Future[Detections]) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(detector.detect(image))
-        except Exception as exc:  # noqa: BLE001 - raised to the masker waiting for this frame, which fails it closed
-            future.set_exception(exc)
-
-
-def plan_workers(cpus: int | None = None) -> tuple[int, int]:
-    """(detector workers, onnxruntime threads each) for a batch run on `cpus` usable CPUs (default: this
-    process's CPU affinity, so `taskset` sizes a batch run).
-
-    YuNet is small: on this project's 2-core machine a second intra-op thread made one inference about 10%
-    faster, while a second frame in parallel nearly doubled frames/s (and 2 workers x 1 thread beat
-    1 x 2 and 3 x 1 on the whole `edge-mask mask` run). So the CPUs go to frames first, up to MAX_WORKERS,
-    then to threads. The config's `detector.threads` is the live service's setting and is not used here.
-    """
-    if cpus is None:
-        cpus = usable_cpus()
-    cpus = max(1, cpus)
-    workers = min(cpus, MAX_WORKERS)
-    return workers, max(1, cpus // workers)
 
 
 def build_batch_masker(cfg: MaskerConfig) -> tuple[Masker, LookaheadDetector | None]:
