@@ -49,6 +49,9 @@ def test_demo_delivers_every_frame_of_the_clip(shared_data: Path, model_cache: M
     assert summary["delivered"] == summary["verified"] == summary["decrypted"] == 120
     assert summary["lost"] == 0 and summary["rejected"] == 0 and summary["gaps"] == 0
     assert summary["masked_faces"] > 0  # the clip shows about 1.8 faces per frame
+    # which model masked, and why: the int8 model passed its gate, so `auto` chose by measured speed
+    assert summary["detector"].split(" ")[0] in ("int8", "fp32")
+    assert "precision auto: " in summary["detector"] and " ms" in summary["detector"]
     assert summary["output_dir"] == str(tmp_path / "run")
     frames = sorted(Path(summary["frames_dir"]).glob("*.jpg"))
     assert len(frames) == 120

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"captured          {summary['captured']} frames read from the source")
     print(f"masked faces      {summary['masked_faces']} (summed over frames; {summary['fail_closed']} frames "
           "fully masked because detection failed)")
+    print(f"detector          {summary['detector']}")
     print(f"spooled           {summary['spooled']} sealed frames in the device's spool "
           f"({summary['dropped']} dropped before it)")
     print(f"delivered         {summary['delivered']} frames reached the receiver")

@@ -277,12 +277,24 @@ def run_demo(
             stop.set()
             thread.join(timeout=15)
     summary = _summary(root, receiver_cfg, stats, receiver.summary(), broker_kind, src.description)
+    summary["detector"] = _detector_line(device_cfg, precision, stats)
     if clinical:
         from edge_mask.receiver import draw_signals
 
         streams = sorted(receiver_cfg.output_dir.glob(f"{DEVICE_ID}/*/signals.csv"))
         summary["signals_plot"] = str(draw_signals(streams[0].parent, root / "signals.png")) if streams else None
     return summary
+
+
+def _detector_line(cfg: EdgeConfig, precision: str, stats: dict[str, Any]) -> str:
+    """Which model masked the demo's frames, and why (the line `edge-mask doctor` prints for `auto`)."""
+    from edge_mask.config import OnnxDetectorConfig
+    from edge_mask.detect import parity_summary
+
+    model = str(stats.get("detector_model") or "?")
+    if precision != "auto" or not isinstance(cfg.detector, OnnxDetectorConfig):
+        return f"{model} (no int8 model passed its parity gate here; see the 'model:' lines above)"
+    return f"{model} (precision auto: {parity_summary(cfg.detector, cfg.models)})"
 
 
 def _wait_delivered(receiver: Any, expected: int, timeout: float) -> None:
