@@ -124,15 +124,15 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 def run_quantize(args: argparse.Namespace) -> int:
     from edge_mask.detect import cache_path, load_manifest, resolve_model
-    from edge_mask.tools.quantize import DEFAULT_FORMATS, quantize_model
+    from edge_mask.tools.quantize import CALIB_COUNT, DEFAULT_FORMATS, quantize_model
 
     models = _models_config(args)
     source = resolve_model(args.source, models, "fp32")
     output = args.output or cache_path(load_manifest().get(DEFAULT_INT8), models)
-    count = {} if args.calib_count is None else {"calib_count": args.calib_count}
+    count = CALIB_COUNT if args.calib_count is None else args.calib_count
     report = quantize_model(
         source, output, calibration=args.calib, parity=args.parity or None, formats=args.formats or DEFAULT_FORMATS,
-        detect_width=args.detect_width, progress=print, **count,
+        calib_count=count, detect_width=args.detect_width, progress=print,
     )
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))

@@ -275,4 +275,3 @@ def ensure_landmark_models(models: ModelsConfig, faces_dlib: Path = DEFAULT_FACE
                                    progress=lambda message: log.info("%s", message))
     if not report["passed"]:
         raise ModelError("the landmark models failed their parity check against TFLite; see the log")
-
