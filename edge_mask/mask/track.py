@@ -66,6 +66,11 @@ CUT_GRACE_S = 0.1
 """After a scene cut the old shot's held faces stay masked this long (3 frames at 30 fps) unless a detection
 continues them: a false cut (a light switched on, an exposure jump) must not unmask a face the detector
 misses on that frame, and a real cut costs a few frames of old masks."""
+CLOCK_SLACK_S = 1e-3
+"""Time spans are compared with this much slack, in the direction that masks longer. Frame stamps are sums
+(the capture start plus the frame's time), so a hold of exactly 6 frames at 30 fps (0.2 s) came out as
+0.19999999 or 0.20000001 depending on the clock's value when the stream began: the same video held a mask
+one frame more on one run than on another. With the slack a span that ends on a frame includes that frame."""
 NEVER = -1.0e18
 
 
@@ -208,9 +213,9 @@ class Tracker:
 
     def holding(self, track: Track, now: float) -> bool:
         """Whether the track is within its hold: missed, it is still masked; matched weakly, it is shown."""
-        if not track.confirmed or now - track.last_strong > self.hold_of(track):
+        if not track.confirmed or now - track.last_strong > self.hold_of(track) + CLOCK_SLACK_S:
             return False
-        return track.last_strong >= track.cut_at or now - track.cut_at <= CUT_GRACE_S
+        return track.last_strong >= track.cut_at or now - track.cut_at <= CUT_GRACE_S + CLOCK_SLACK_S
 
     def update(
         self,
@@ -231,7 +236,7 @@ class Tracker:
             for track in self._tracks:
                 track.cut_at = now
         self._tracks = [t for t in self._tracks
-                        if self.holding(t, now) or now - t.last_seen <= self.cfg.confirm_window_s]
+                        if self.holding(t, now) or now - t.last_seen <= self.cfg.confirm_window_s + CLOCK_SLACK_S]
         predicted = (
             np.stack([t.predict(now) for t in self._tracks]) if self._tracks else np.zeros((0, 4), np.float32)
         )
@@ -282,7 +287,8 @@ class Tracker:
         """A detection at `refresh_score` or more that continues a face seen at sight within `min_hold_s`,
         held or not yet: a dim face flickering around the threshold (0.31, 0.23, 0.45 on three frames of
         the press clip's dark corner) stays masked between its detections at sight."""
-        return score >= self.cfg.refresh_score and now - track.last_strong <= min(self.cfg.min_hold_s, self.cfg.hold_s)
+        shortest = min(self.cfg.min_hold_s, self.cfg.hold_s)
+        return score >= self.cfg.refresh_score and now - track.last_strong <= shortest + CLOCK_SLACK_S
 
     def _start(self, box: FloatArray, now: float, score: float, sight: float) -> Track:
         track = Track(self._new_id(), box.astype(np.float32).copy(), now)
@@ -313,7 +319,7 @@ class Tracker:
             return
         track.last_strong = now
         track.strong_at.append(now)
-        while track.strong_at and now - track.strong_at[0] > self.cfg.confirm_window_s:
+        while track.strong_at and now - track.strong_at[0] > self.cfg.confirm_window_s + CLOCK_SLACK_S:
             track.strong_at.popleft()
         if score >= self.cfg.start_score:
             track.confident_hits += 1
