@@ -10,6 +10,7 @@ import pytest
 from edge_mask.config import MaskConfig, TrackerConfig
 from edge_mask.core.boxes import iou_matrix as box_iou
 from edge_mask.mask.paint import Painter
+from edge_mask.mask.scene import Cut
 from edge_mask.mask.track import CUT_GRACE_S, MAX_COAST_SHIFT, Tracker, greedy, grow, pair_scores
 
 FULL_HOLD_HITS = TrackerConfig().hold_hits
@@ -199,6 +200,39 @@ def test_a_scene_cut_clears_held_tracks() -> None:
             held_after.append(now)
     assert max(held_after) - cut_at <= CUT_GRACE_S + 1e-6, "the old shot's face was let go"
     assert len(tracker) == 1, "only the new shot's face is tracked"
+
+
+def test_a_hard_cut_ends_the_old_shots_holds_at_once() -> None:
+    """Another picture: the old shot's masks are gone from the cut frame on, while a soft cut keeps them for
+    the grace; the new shot's face is masked either way."""
+    other = boxes((400, 50, 450, 110))
+    strong = np.array([0.9], np.float32)
+    held = {}
+    for cut in (Cut.HARD, Cut.SOFT):
+        tracker = Tracker(TrackerConfig())
+        last = seen_for(tracker, boxes((100, 100, 160, 170)), 10)
+        frames = [tracker.update(other, last + i / FPS, strong, cut=cut if i == 1 else Cut.NONE) for i in range(1, 8)]
+        assert all(r.detected == 1 for r in frames)
+        held[cut] = [r.held for r in frames]
+    assert held[Cut.HARD] == [0] * 7
+    assert held[Cut.SOFT] == [1] * 4 + [0] * 3
+
+
+@pytest.mark.parametrize("cut", [Cut.HARD, Cut.SOFT])
+def test_after_any_cut_a_face_seen_where_it_was_stays_masked(cut: Cut) -> None:
+    """A cut found in error, even a hard one: the face the detector keeps finding where it was, however weakly
+    (0.22, below sight, refreshing its hold), is masked on every frame as if there had been no cut."""
+    cfg = TrackerConfig()
+    face = boxes((100, 100, 160, 170))
+    tracker, without_cut = Tracker(cfg), Tracker(cfg)
+    last = seen_for(tracker, face, 10)
+    seen_for(without_cut, face, 10)
+    dim = np.array([cfg.refresh_score + 0.02], np.float32)
+    for i in range(1, 60):
+        now = last + i / FPS
+        result = tracker.update(face, now, dim, cut=cut if i == 1 else Cut.NONE, sight=0.25)
+        expected = without_cut.update(face, now, dim, sight=0.25)
+        assert len(result.regions) == len(expected.regions) == 1, f"frame {i} after the cut"
 
 
 def test_a_false_cut_keeps_a_dim_face_masked() -> None:

@@ -183,7 +183,7 @@ class FaceMasker:
         with self._lock:
             self._counts["faces_detected"] += result.detected
             self._counts["faces_held"] += result.held
-            self._counts["scene_cuts"] += int(cut)
+            self._counts["scene_cuts"] += int(bool(cut))
             self._counts["faces_masked"] += len(result.regions)
             self._counts["faces_read"] += len(masked.signals)
             self._samples["detect"].append(detected - started)

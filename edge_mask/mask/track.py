@@ -22,9 +22,10 @@ for how long, in the spirit of ByteTrack's two thresholds:
   sizes); it grows by `grow_per_s` of its size per second, never past `max_grow`.
 * Gates are bounded in face sizes, in pixels (`max_gate_px`) and in size ratio, so a large box cannot capture
   detections across the frame.
-* A hard scene cut (`cut=True`, see `scene.py`) ends the holds of the old shot after `CUT_GRACE_S`, unless
-  a detection in the new shot continues them where they were (a false cut changes nothing for a face the
-  detector still sees, however weakly).
+* A scene cut (`scene.py`) ends the holds of the old shot: at once when the picture changed (`Cut.HARD`),
+  after `CUT_GRACE_S` when only its brightness may have (`Cut.SOFT`, or `cut=True`), unless a detection
+  in the new shot continues them where they were (a false cut changes nothing for a face the detector
+  still sees, however weakly).
 * Detections below `start_score` continue a track only where they overlap its predicted box
   (`WEAK_MATCH_IOU`); with tracks over `max_tracks`, tracks not held are forgotten before held ones.
 
@@ -44,6 +45,7 @@ import numpy.typing as npt
 from edge_mask.config import TrackerConfig
 from edge_mask.core.boxes import iou_matrix
 from edge_mask.core.types import FloatArray
+from edge_mask.mask.scene import Cut
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,10 @@ much: the centre gate would let a blob beside a missed face (a hand at 0.12, or 
 track, and the face would go unpainted while the blob is masked in its place. Confident detections keep the
 centre gate, so a fast face is still followed."""
 CUT_GRACE_S = 0.1
-"""After a scene cut the old shot's held faces stay masked this long (3 frames at 30 fps) unless a detection
-continues them: a false cut (a light switched on, an exposure jump) must not unmask a face the detector
-misses on that frame, and a real cut costs a few frames of old masks."""
+"""After a soft scene cut the old shot's held faces stay masked this long (3 frames at 30 fps) unless a
+detection continues them: a false cut (a light switched on, an exposure jump) must not unmask a face the
+detector misses on that frame. After a hard cut (another picture) they end at once: on the press clip the 13
+masks of the old shot covered a third of the first three frames of the new one."""
 CLOCK_SLACK_S = 1e-3
 """Time spans are compared with this much slack, in the direction that masks longer. Frame stamps are sums
 (the capture start plus the frame's time), so a hold of exactly 6 frames at 30 fps (0.2 s) came out as
@@ -91,8 +94,10 @@ class Track:
     """When it was last detected at sight (or refreshed while held): the hold counts from here."""
     strong_at: deque[float] = field(default_factory=deque)
     cut_at: float = NEVER
-    """When the last scene cut came while this track existed: from then on it is held only `CUT_GRACE_S`
-    unless detected again at sight (or refreshed)."""
+    """When the last scene cut came while this track existed: from then on it is held only `cut_grace`
+    unless detected again where it was."""
+    cut_grace: float = CUT_GRACE_S
+    """How long after that cut it is still held: `CUT_GRACE_S` after a soft cut, none after a hard one."""
 
     @property
     def size(self) -> float:
@@ -211,30 +216,34 @@ class Tracker:
         shortest = min(cfg.min_hold_s, cfg.hold_s)
         return shortest + (cfg.hold_s - shortest) * share
 
-    def holding(self, track: Track, now: float) -> bool:
-        """Whether the track is within its hold: missed, it is still masked; matched weakly, it is shown."""
+    def holding(self, track: Track, now: float, across_cuts: bool = False) -> bool:
+        """Whether the track is within its hold: missed, it is still masked; matched weakly, it is shown.
+        `across_cuts`: as if no scene cut had come since it was last seen at sight."""
         if not track.confirmed or now - track.last_strong > self.hold_of(track) + CLOCK_SLACK_S:
             return False
-        return track.last_strong >= track.cut_at or now - track.cut_at <= CUT_GRACE_S + CLOCK_SLACK_S
+        if across_cuts or track.last_strong >= track.cut_at:
+            return True
+        return track.cut_grace >= 0 and now - track.cut_at <= track.cut_grace + CLOCK_SLACK_S
 
     def update(
         self,
         boxes: FloatArray,
         now: float,
         scores: npt.NDArray[np.float32] | None = None,
-        cut: bool = False,
+        cut: Cut | bool = False,
         sight: float = 0.0,
     ) -> TrackResult:
         """Feed this frame's detections (boxes (N, 4), scores (N,); no scores = all confident) at monotonic
-        time `now`, with `cut` when the frame starts a new shot; get the boxes to mask. Detections scoring
-        below `sight` are masked only where they extend a held track."""
+        time `now`, with `cut` when the frame starts a new shot (`True`: a soft cut); get the boxes to mask.
+        Detections scoring below `sight` are masked only where they extend a held track."""
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         scores = np.ones(len(boxes), np.float32) if scores is None else np.asarray(scores, np.float32).reshape(-1)
         if cut and self._tracks:
+            grace = -1.0 if cut == Cut.HARD else CUT_GRACE_S
             log.debug("scene cut: the holds of %d tracks of the old shot end in %.2f s", len(self._tracks),
-                      CUT_GRACE_S)
+                      max(grace, 0.0))
             for track in self._tracks:
-                track.cut_at = now
+                track.cut_at, track.cut_grace = now, grace
         self._tracks = [t for t in self._tracks
                         if self.holding(t, now) or now - t.last_seen <= self.cfg.confirm_window_s + CLOCK_SLACK_S]
         predicted = (
@@ -250,7 +259,7 @@ class Tracker:
         shown = {d for d in range(len(boxes)) if scores[d] >= sight}
         for t, d in pairs:
             track = self._tracks[t]
-            if self.holding(track, now):
+            if self.holding(track, now, across_cuts=True):
                 track.cut_at = NEVER  # seen again where it was: not a face of an old shot
             self._observe(track, boxes[d], now, float(scores[d]), sight)
             if self.holding(track, now) or self._continues(track, now, float(scores[d])):
