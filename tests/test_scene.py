@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -44,6 +45,17 @@ def test_threshold_zero_turns_it_off() -> None:
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 255, (36, 64, 3), dtype=np.uint8) for _ in range(3)]
     assert [detector(f) for f in frames] == [Cut.NONE, Cut.NONE, Cut.NONE]
+
+
+def test_another_picture_is_a_hard_cut() -> None:
+    """Two unrelated textured pictures of the same brightness: the structure changed, the cut is hard."""
+    detector = CutDetector(0.08)
+    rng = np.random.default_rng(3)
+    first = cv2.resize(rng.integers(0, 255, (9, 16, 3), dtype=np.uint8), (64, 36), interpolation=cv2.INTER_NEAREST)
+    second = cv2.resize(rng.integers(0, 255, (9, 16, 3), dtype=np.uint8), (64, 36), interpolation=cv2.INTER_NEAREST)
+    assert detector(first) == Cut.NONE
+    assert detector(second) == Cut.HARD
+    assert detector(second) == Cut.NONE
 
 
 @pytest.mark.parametrize("value", [0.0, 255.0])

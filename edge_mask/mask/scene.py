@@ -1,4 +1,4 @@
-"""Hard scene cuts, so that the tracker ends the held faces of the old shot.
+"""Scene cuts, so that the tracker ends the held faces of the old shot.
 
 Why: edited footage (the press clip has three cuts) jumps to another shot where the held boxes of the old
 one cover nothing but picture, for a whole hold. A cut is a frame whose 32x18 grey thumbnail differs from
@@ -10,12 +10,15 @@ A cut is `HARD` when the picture's structure changed too: the two thumbnails, ea
 less than `SAME_PICTURE`. A light switched on or an exposure jump changes brightness and contrast but keeps
 the correlation near 1; the press clip's cuts correlate 0.01-0.26, its other frames 0.57 or more (0.72 or
 more where the difference passes 0.04). A thumbnail with almost no contrast (`FLAT`: a black or white frame,
-a lens cap) has no structure to compare, so a jump from or to one is a `SOFT` cut.
+a lens cap) has no structure to compare, so a jump from or to one is a `SOFT` cut. The camera moving by a
+tenth of the frame at once (knocked, a whip pan) or a zoom step also reads as hard: there the old masks,
+left where the faces were, would not cover the moved faces either.
 
-The tracker ends the old shot's held faces at once after a hard cut and after `CUT_GRACE_S` (0.1 s) after a
-soft one. Either way a face the detector still sees where it was, even weakly, continues its track and stays
-masked, so a cut found in error unmasks no face the detector keeps finding; a missed cut only keeps masks
-a little longer.
+The tracker ends the masks of the old shot's held faces at once after a hard cut and `CUT_GRACE_S` (0.1 s)
+after a soft one. A face the detector still finds where it was, even weakly, continues its track and stays
+masked, so a cut found in error costs nothing for a face the detector keeps finding; a face it misses on the
+frames right after a false hard cut loses its old mask (the grace only protects brightness jumps). A missed
+cut only keeps masks a little longer.
 """
 
 from __future__ import annotations

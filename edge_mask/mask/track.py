@@ -22,10 +22,11 @@ for how long, in the spirit of ByteTrack's two thresholds:
   sizes); it grows by `grow_per_s` of its size per second, never past `max_grow`.
 * Gates are bounded in face sizes, in pixels (`max_gate_px`) and in size ratio, so a large box cannot capture
   detections across the frame.
-* A scene cut (`scene.py`) ends the holds of the old shot: at once when the picture changed (`Cut.HARD`),
-  after `CUT_GRACE_S` when only its brightness may have (`Cut.SOFT`, or `cut=True`), unless a detection
-  in the new shot continues them where they were (a false cut changes nothing for a face the detector
-  still sees, however weakly).
+* A scene cut (`scene.py`) ends the masks of the old shot's held faces: at once when the picture changed
+  (`Cut.HARD`), after `CUT_GRACE_S` when only its brightness may have (`Cut.SOFT`, or `cut=True`). Their
+  tracks stay matchable for the rest of their hold, so a face the detector finds again where it was, however
+  weakly, continues its held track after a false cut. A face the detector misses on the frames right after a
+  false hard cut is not covered by its old mask (see `scene.py` for when a cut is hard).
 * Detections below `start_score` continue a track only where they overlap its predicted box
   (`WEAK_MATCH_IOU`); with tracks over `max_tracks`, tracks not held are forgotten before held ones.
 
@@ -244,8 +245,10 @@ class Tracker:
                       max(grace, 0.0))
             for track in self._tracks:
                 track.cut_at, track.cut_grace = now, grace
-        self._tracks = [t for t in self._tracks
-                        if self.holding(t, now) or now - t.last_seen <= self.cfg.confirm_window_s + CLOCK_SLACK_S]
+        # Kept for matching while the hold would run without the cut: a face missed for longer than the confirm
+        # window that the detector finds again where it was after a (false) cut continues its held track.
+        self._tracks = [t for t in self._tracks if self.holding(t, now, across_cuts=True)
+                        or now - t.last_seen <= self.cfg.confirm_window_s + CLOCK_SLACK_S]
         predicted = (
             np.stack([t.predict(now) for t in self._tracks]) if self._tracks else np.zeros((0, 4), np.float32)
         )
