@@ -28,7 +28,7 @@ from edge_mask.detect.models import (
 )
 from edge_mask.detect.precision import resolve_model
 from edge_mask.provision.download import read_url
-from edge_mask.tools.quantize import CALIB_COUNTS, quantize_model
+from edge_mask.tools.quantize import quantize_model
 
 FP32_SHA = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 DYNAMIC_SHA = "daede24002cc8590f457998cc5e6c9e8b82f45f6bd969506a8913cd4ed10a2d3"
@@ -206,11 +206,7 @@ def test_parity_report_content(model_cache: ModelsConfig) -> None:
     assert report["format"] in ("QDQ", "QOperator") and report["per_channel"] is True
     assert {c["format"] for c in report["candidates"]} == {"QOperator"}
     assert report["weight_type"] == "uint8" and report["activation_type"] == "uint8"
-    assert report["calibration_images"] in CALIB_COUNTS
-    tried = [c["calibration_images"] for c in report["candidates"]]
-    assert tried == list(CALIB_COUNTS[: len(tried)]), "sizes are tried in order"
-    assert [c["passed"] for c in report["candidates"]] == [False] * (len(tried) - 1) + [True], "the first to pass"
-    assert report["calibration_images"] == tried[-1]
+    assert 100 <= report["calibration_images"] <= 140
     parity = report["parity"]
     assert parity["images"] >= 100 and parity["fp32_faces"] >= 200
     assert parity["threshold"] == EdgeConfig.model_validate({"device_id": "d"}).detector.threshold == 0.25
@@ -248,13 +244,12 @@ def test_cli_quantize_builds_the_shipped_model_by_default() -> None:
     import inspect
 
     from edge_mask.cli import build_parser
-    from edge_mask.tools.quantize import CALIB_COUNT, CALIB_COUNTS
+    from edge_mask.tools.quantize import CALIB_COUNT
 
     parser = build_parser("models")
     args = parser.parse_args(["models", "quantize", "--calib", "photos"])
     assert args.calib_count is None
-    assert inspect.signature(quantize_model).parameters["calib_count"].default == CALIB_COUNTS
-    assert CALIB_COUNTS[0] == CALIB_COUNT == 128
+    assert inspect.signature(quantize_model).parameters["calib_count"].default == CALIB_COUNT
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     quantize = next(a for a in sub.choices["models"]._actions if isinstance(a, argparse._SubParsersAction))
     help_text = quantize.choices["quantize"].format_help()

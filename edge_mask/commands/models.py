@@ -52,8 +52,7 @@ def register(subparsers: Any) -> None:
     p_quant.add_argument("--format", dest="formats", action="append", choices=["QDQ", "QOperator"],
                          help="quantization format(s) to try (default both)")
     p_quant.add_argument("--calib-count", type=int, metavar="N",
-                         help="calibration images (default 128: the shipped model, as the demo and the tests build "
-                              "it; where it fails the gate on this CPU, 96 and then 160 are tried)")
+                         help="calibration images (default 128: the shipped model, as the demo and the tests build it)")
     p_quant.add_argument("--detect-width", type=int, default=640, metavar="PX", help="detection width (default 640)")
     p_quant.add_argument("--json", action="store_true", help="print the parity report as JSON")
     p_quant.set_defaults(func=run_quantize)
@@ -125,12 +124,12 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 def run_quantize(args: argparse.Namespace) -> int:
     from edge_mask.detect import cache_path, load_manifest, resolve_model
-    from edge_mask.tools.quantize import CALIB_COUNTS, DEFAULT_FORMATS, quantize_model
+    from edge_mask.tools.quantize import CALIB_COUNT, DEFAULT_FORMATS, quantize_model
 
     models = _models_config(args)
     source = resolve_model(args.source, models, "fp32")
     output = args.output or cache_path(load_manifest().get(DEFAULT_INT8), models)
-    count = CALIB_COUNTS if args.calib_count is None else args.calib_count
+    count = CALIB_COUNT if args.calib_count is None else args.calib_count
     report = quantize_model(
         source, output, calibration=args.calib, parity=args.parity or None, formats=args.formats or DEFAULT_FORMATS,
         calib_count=count, detect_width=args.detect_width, progress=print,

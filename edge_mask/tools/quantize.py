@@ -143,15 +143,10 @@ def _prepare_source(src: Path, work: Path) -> Path:
 WEIGHT_TYPES = {"QOperator": "uint8", "QDQ": "int8"}
 """Weight type per format: U8U8 for QOperator (exact on every CPU); QDQ keeps onnxruntime's default U8S8
 (as U8U8 it ran 1.7x slower than fp32 here)."""
-CALIB_COUNTS = (128, 96, 160)
-"""Calibration sizes tried in turn (the demo, the tests and `edge-mask models quantize` by default); the
-first whose model passes the gate on this machine is kept. 128 gives the model the notes and the ARM parity
-run refer to (sha256 in models/README.md). The gate runs on the CPU that builds: onnxruntime's int8 kernels
-differ between CPUs (an AMD EPYC with AVX2 finds 252 faces at 0.25 where an AVX-512 VNNI Xeon and ARM find 255
-with the same model), and with 246 faces a few boxes decide 99%. On that EPYC the 128-image model confirms
-248 of its 252 faces (98.4%) while the 96- and 160-image models pass; a machine where none passes keeps the
-best and refuses to use it."""
-CALIB_COUNT = CALIB_COUNTS[0]
+CALIB_COUNT = 128
+"""Calibration images of the shipped int8 model (the demo, the tests and `edge-mask models quantize` by
+default): another count gives another, equally valid model with another sha256 than the one the ARM parity
+run and the notes refer to."""
 FRAMES_PER_VIDEO = 12
 """Parity takes this many evenly spread frames of each video; calibration the midpoints between them."""
 
@@ -189,7 +184,7 @@ def quantize_model(
     calibration: Sequence[Path],
     parity: Sequence[Path] | None = None,
     formats: Sequence[str] = DEFAULT_FORMATS,
-    calib_count: int | Sequence[int] = CALIB_COUNTS,
+    calib_count: int = CALIB_COUNT,
     detect_width: int = 640,
     threads: int = 2,
     required: float = REQUIRED_AGREEMENT,
@@ -199,9 +194,8 @@ def quantize_model(
 
     Calibration takes photos and video frames between the ones parity takes, so a folder may serve both.
     Without `parity` paths, every fourth calibration image is held aside for the parity check instead.
-    Candidates are tried in order, each format with each calibration size (`calib_count`, one or several),
-    and the first that passes is kept. The model is written even when no candidate passes (for inspection,
-    the one that agreed best); its report says `passed: false` and the product refuses to load it.
+    The model is written even when no candidate passes (for inspection); its report says `passed: false`
+    and the product refuses to load it.
     """
     import onnxruntime
 
@@ -217,25 +211,36 @@ def quantize_model(
         held = load_images(parity, frames_per_video=FRAMES_PER_VIDEO)
     else:
         held, calib = calib[::4], [image for i, image in enumerate(calib) if i % 4]
-    counts = [calib_count] if isinstance(calib_count, int) else list(calib_count)
-    say(f"calibrating on {' or '.join(str(min(c, len(calib))) for c in counts)} images (of {len(calib)}) at "
-        f"detection width {detect_width}; parity on {len(held)} held-aside")
+    if len(calib) > calib_count:
+        calib = [calib[i] for i in np.linspace(0, len(calib) - 1, calib_count).astype(int)]
+    blobs = [make_blob(image, plan_input(image.shape[1], image.shape[0], detect_width)) for image in calib]
+    say(f"calibrating on {len(blobs)} images at detection width {detect_width}; parity on {len(held)} held-aside")
     candidates: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edge-mask-quant-") as tmp:
         work = Path(tmp)
         prepared = _prepare_source(src, work)
         for fmt in formats:
-            for count in dict.fromkeys(min(c, len(calib)) for c in counts):  # in order, each size once
-                subset = [calib[i] for i in np.linspace(0, len(calib) - 1, count).astype(int)]
-                blobs = [make_blob(image, plan_input(image.shape[1], image.shape[0], detect_width)) for image in subset]
-                candidates.append(
-                    _candidate(src, prepared, work, fmt, blobs, held, detect_width, threads, required, say))
-                if candidates[-1]["passed"]:
-                    break
-            if candidates[-1]["passed"]:
-                break
-        best = next((c for c in candidates if c["passed"]), None) or max(
-            candidates, key=lambda c: (min(min(r.recall, r.precision) for r in c["parity"]), -c["parity"][0].int8_ms))
+            path = work / f"int8-{fmt}.onnx"
+            start = time.perf_counter()
+            _quantize(prepared, path, blobs, fmt)
+            seconds = time.perf_counter() - start
+            results = check_parity(src, path, held, detect_width=detect_width, threads=threads, required=required)
+            for result in results:
+                say(
+                    f"{fmt} at {result.threshold:.2f}: {result.fp32_found_by_int8}/{result.fp32_faces} fp32 faces "
+                    f"found (recall {result.recall:.4f}, strict {result.strict_recall:.4f}), "
+                    f"{result.int8_found_by_fp32}/{result.int8_faces} int8 faces confirmed (precision "
+                    f"{result.precision:.4f}, strict {result.strict_precision:.4f}), score shift p99 "
+                    f"{result.score_shift_p99:.3f}; {'PASS' if result.passed else 'FAIL'}"
+                )
+            head = results[0]
+            say(f"{fmt}: {head.int8_ms:.1f} ms/image vs fp32 {head.fp32_ms:.1f} ms (quantized in {seconds:.1f} s)")
+            candidates.append({"format": fmt, "path": path, "parity": results, "quantize_s": round(seconds, 1),
+                               "passed": all(r.passed for r in results)})
+        best = max(
+            candidates,
+            key=lambda c: (c["passed"], min(min(r.recall, r.precision) for r in c["parity"]), -c["parity"][0].int8_ms),
+        )
         copy_into_cache(best["path"], out)
     chosen: list[Parity] = best["parity"]
     report: dict[str, Any] = {
@@ -249,15 +254,14 @@ def quantize_model(
         "activation_type": "uint8",
         "weight_type": WEIGHT_TYPES[best["format"]],
         "calibration": "MinMax",
-        "calibration_images": best["calibration_images"],
+        "calibration_images": len(blobs),
         "detect_width": detect_width,
         "onnxruntime": onnxruntime.__version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "parity": asdict(chosen[0]),
         "parity_by_threshold": [asdict(p) for p in chosen],
         "candidates": [
-            {"format": c["format"], "calibration_images": c["calibration_images"], "quantize_s": c["quantize_s"],
-             "passed": c["passed"],
+            {"format": c["format"], "quantize_s": c["quantize_s"], "passed": c["passed"],
              "parity_by_threshold": [asdict(p) for p in c["parity"]]} for c in candidates
         ],
         "passed": bool(best["passed"]),
@@ -266,30 +270,6 @@ def quantize_model(
     say(f"kept {best['format']} -> {out} ({report['size']} bytes, sha256 {report['sha256']}); "
         f"parity {'PASSED' if best['passed'] else 'FAILED: the product will not use this model'}")
     return report
-
-
-def _candidate(
-    src: Path, prepared: Path, work: Path, fmt: str, blobs: Sequence[Any], held: Sequence[Image], detect_width: int,
-    threads: int, required: float, say: Callable[[str], None],
-) -> dict[str, Any]:
-    """Quantize one candidate (a format calibrated on `blobs`) and check its parity against fp32."""
-    path = work / f"int8-{fmt}-{len(blobs)}.onnx"
-    start = time.perf_counter()
-    _quantize(prepared, path, blobs, fmt)
-    seconds = time.perf_counter() - start
-    results = check_parity(src, path, held, detect_width=detect_width, threads=threads, required=required)
-    for result in results:
-        say(
-            f"{fmt}, {len(blobs)} calibration images, at {result.threshold:.2f}: {result.fp32_found_by_int8}/"
-            f"{result.fp32_faces} fp32 faces found (recall {result.recall:.4f}, strict {result.strict_recall:.4f}), "
-            f"{result.int8_found_by_fp32}/{result.int8_faces} int8 faces confirmed (precision "
-            f"{result.precision:.4f}, strict {result.strict_precision:.4f}), score shift p99 "
-            f"{result.score_shift_p99:.3f}; {'PASS' if result.passed else 'FAIL'}"
-        )
-    head = results[0]
-    say(f"{fmt}: {head.int8_ms:.1f} ms/image vs fp32 {head.fp32_ms:.1f} ms (quantized in {seconds:.1f} s)")
-    return {"format": fmt, "calibration_images": len(blobs), "path": path, "parity": results,
-            "quantize_s": round(seconds, 1), "passed": all(r.passed for r in results)}
 
 
 def write_report(model: Path, report: dict[str, Any]) -> None:
