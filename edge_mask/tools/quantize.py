@@ -21,7 +21,8 @@ Why uint8 weights and activations (U8U8) in the QOperator format: integer produc
 model gives the same integers on every CPU, except where the kernel saturates. x86 CPUs without VNNI
 multiply uint8 by int8 with an instruction that saturates 16-bit sums (onnxruntime's documented U8S8
 caveat), which is why a U8S8 model scored differently on AVX2 and AVX-512 VNNI machines. U8U8 takes a
-non-saturating path on x86 and ARM alike. Per-channel weights, MinMax calibration, no reduce-range
+non-saturating path on x86 and ARM alike once sessions ask onnxruntime for it (`session.x64quantprecision`,
+set in `detect/runtime.open_session`): without it an AVX2 AMD EPYC still scored this model differently. Per-channel weights, MinMax calibration, no reduce-range
 (reduce-range lost ~5% of faces in our measurements). The variants measured are in models/README.md.
 
 Deterministic: files are read in sorted order, frames are taken at fixed positions and MinMax has no
