@@ -48,13 +48,13 @@ def open_session(path: Any, threads: int, providers: Sequence[str] = ("CPUExecut
     # detector, and spinning intra-op threads steal the cores they need (worse latency under contention).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # The same int8 model must give the same faces on every CPU, or the parity gate and the leak tests speak for
-    # one machine only. On x86 CPUs whose uint8 x int8 kernels saturate 16-bit sums (onnxruntime checks this:
-    # AVX2 without VNNI, for one), onnxruntime's faster int8 path gave other scores: on a 2-core AMD EPYC (AVX2)
-    # the shipped int8 model found 252 faces at 0.25 on the gate's held-aside images, failed the gate (98.4% of
-    # its faces confirmed by fp32) and left a dark face of the press clip unmasked, where an AVX-512 VNNI Xeon
-    # and ARM find 255 with identical outputs. This option takes onnxruntime's exact uint8 x uint8 path there
-    # (255 faces, the gate passes); it changes nothing on ARM or for fp32, and costs int8 speed only on such x86
-    # CPUs, where `precision = "auto"` runs fp32 as the faster anyway.
+    # one machine only. The int8 YuNet holds int8 convolution weights (onnxruntime's quantizer writes them so),
+    # and x86 CPUs without VNNI multiply uint8 by int8 with an instruction that saturates 16-bit sums: on a
+    # 2-core AMD EPYC (AVX2) the shipped model found 252 faces at 0.25 on the gate's held-aside images, failed
+    # the gate (98.4% of its faces confirmed by fp32) and left a dark face of the press clip unmasked, where an
+    # AVX-512 VNNI Xeon and ARM find 255. This option makes onnxruntime turn such weights into uint8 at load on
+    # x86 and take its exact uint8 x uint8 path (255 faces, the gate passes). It does nothing on ARM or for
+    # fp32 models; on x86 (AVX2, VNNI or not) int8 gets slower, where `precision = "auto"` keeps fp32 anyway.
     options.add_session_config_entry("session.x64quantprecision", "1")
     # Frames go in one at a time: a batch of 1 fixed up front lets onnxruntime plan shapes it would otherwise
     # leave symbolic (YuNet's dynamic input is batch x 3 x height x width): about 4% off each inference.

@@ -53,11 +53,13 @@ def cpu_name() -> str:
 
 
 def setup_key(int8_path: Path, fp32_path: Path, threads: int, providers: Sequence[str]) -> str:
-    """One hash of everything that decides which kernels run: models, runtime, CPU, threads, providers."""
+    """One hash of everything that decides which kernels run: models, runtime, CPU, threads, providers, and
+    the exact int8 path on x86 (`runtime.open_session`: verdicts and timings saved before it are measured
+    again)."""
     import onnxruntime
 
     parts = [sha256_file(int8_path), sha256_file(fp32_path), onnxruntime.__version__, cpu_name(),
-             str(os.cpu_count()), str(threads), ",".join(providers)]
+             str(os.cpu_count()), str(threads), ",".join(providers), "x64quantprecision=1"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 

@@ -17,13 +17,16 @@ and how many such faces land on which side changes with the CPU's kernels: that 
 machine and fail on the next. A face counts as found by the other model when that model scores it at
 least `threshold - margin` (margin 0.1) at IoU >= 0.5. The strict figures (margin 0) are in the report too.
 
-Why uint8 weights and activations (U8U8) in the QOperator format: integer products are exact, so the same
-model gives the same integers on every CPU, except where the kernel saturates. x86 CPUs without VNNI
-multiply uint8 by int8 with an instruction that saturates 16-bit sums (onnxruntime's documented U8S8
-caveat), which is why a U8S8 model scored differently on AVX2 and AVX-512 VNNI machines. U8U8 takes a
-non-saturating path on x86 and ARM alike once sessions ask onnxruntime for it (`session.x64quantprecision`,
-set in `detect/runtime.open_session`): without it an AVX2 AMD EPYC still scored this model differently. Per-channel weights, MinMax calibration, no reduce-range
-(reduce-range lost ~5% of faces in our measurements). The variants measured are in models/README.md.
+Why the QOperator format, uint8 activations and per-channel weights: onnxruntime's quantizer writes the
+per-channel convolution weights as int8 whatever weight type is asked for (its QOperator Conv path), so the
+model is U8S8. x86 CPUs multiply uint8 by int8 with an instruction that saturates 16-bit sums unless they
+have VNNI (onnxruntime's documented U8S8 caveat), so an AVX2 machine scored the model differently: a 2-core
+AMD EPYC found 252 faces at 0.25 on the held-aside images where an AVX-512 VNNI Xeon and ARM find 255, and
+failed the gate. `detect.runtime.open_session` sets `session.x64quantprecision`, which makes onnxruntime
+turn such weights into uint8 when it loads the model on x86 and take its exact uint8 x uint8 path; with it
+the EPYC gives the Xeon's and ARM's figures. The report's `weight_type` is read from the written model.
+Per-channel weights, MinMax calibration, no reduce-range (reduce-range lost ~5% of faces in our
+measurements). The variants measured are in models/README.md.
 
 Deterministic: files are read in sorted order, frames are taken at fixed positions and MinMax has no
 randomness, so the same inputs give a byte-identical model (a test builds it twice and compares).
@@ -142,8 +145,10 @@ def _prepare_source(src: Path, work: Path) -> Path:
 
 
 WEIGHT_TYPES = {"QOperator": "uint8", "QDQ": "int8"}
-"""Weight type per format: U8U8 for QOperator (exact on every CPU); QDQ keeps onnxruntime's default U8S8
-(as U8U8 it ran 1.7x slower than fp32 here)."""
+"""Weight type asked for per format. onnxruntime writes per-channel convolution weights as int8 in the
+QOperator format anyway (the report records what the model holds, `weight_type_of`); the request is kept
+because it decides the bytes of the shipped model. QDQ keeps onnxruntime's default U8S8 (as U8U8 it ran
+1.7x slower than fp32 here)."""
 CALIB_COUNT = 128
 """Calibration images of the shipped int8 model (the demo, the tests and `edge-mask models quantize` by
 default): another count gives another, equally valid model with another sha256 than the one the ARM parity
@@ -253,7 +258,7 @@ def quantize_model(
         "format": best["format"],
         "per_channel": True,
         "activation_type": "uint8",
-        "weight_type": WEIGHT_TYPES[best["format"]],
+        "weight_type": weight_type_of(out),
         "calibration": "MinMax",
         "calibration_images": len(blobs),
         "detect_width": detect_width,
@@ -271,6 +276,20 @@ def quantize_model(
     say(f"kept {best['format']} -> {out} ({report['size']} bytes, sha256 {report['sha256']}); "
         f"parity {'PASSED' if best['passed'] else 'FAILED: the product will not use this model'}")
     return report
+
+
+def weight_type_of(model: Path) -> str:
+    """The element type of the convolution weights the model holds ("int8", "uint8", or several joined by
+    "+"), read from its QLinearConv weights and DequantizeLinear constants."""
+    import onnx
+
+    graph = onnx.load(str(model)).graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    names = [node.input[3] for node in graph.node if node.op_type == "QLinearConv"]
+    names += [node.input[0] for node in graph.node if node.op_type == "DequantizeLinear"]
+    kinds = {onnx.helper.tensor_dtype_to_np_dtype(constants[name].data_type).name
+             for name in names if name in constants and len(constants[name].dims) == 4}
+    return "+".join(sorted(kinds)) or "none"
 
 
 def write_report(model: Path, report: dict[str, Any]) -> None:
