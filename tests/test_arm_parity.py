@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import edge_mask.tools.arm_parity_runner as runner
+from edge_mask.config import ModelsConfig
 from edge_mask.core.types import Detections
 from edge_mask.tools.arm_parity import compare_model, raw_difference
 from edge_mask.tools.arm_parity_runner import load_outputs, output_key, save_outputs
@@ -96,3 +97,15 @@ def test_runner_stays_standalone() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module.split(".")[0])
     assert names - set(sys.stdlib_module_names) == {"numpy", "onnxruntime"}
+
+
+def test_runner_sessions_mirror_the_products(model_cache: ModelsConfig) -> None:
+    """The standalone runner spells out the product's session settings (it cannot import them); every config
+    entry of `runtime.SESSION_CONFIG` (the exact int8 path on x86 among them) must be set the same there, or
+    the ARM comparison measures other kernels than the product runs."""
+    from edge_mask.detect.runtime import SESSION_CONFIG, open_session
+
+    model = Path(model_cache.cache_dir) / "yunet-int8.onnx"
+    for session in (runner.open_model(model, 1), open_session(model, 1)):
+        options = session.get_session_options()
+        assert {key: options.get_session_config_entry(key) for key in SESSION_CONFIG} == SESSION_CONFIG

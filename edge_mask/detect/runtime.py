@@ -33,6 +33,24 @@ def resolve_providers(requested: Sequence[str], available: Sequence[str]) -> lis
     return names
 
 
+SESSION_CONFIG = {
+    # No busy-waiting between operators: on a 2-core device capture, masking and encoding run beside the
+    # detector, and spinning intra-op threads steal the cores they need (worse latency under contention).
+    "session.intra_op.allow_spinning": "0",
+    # The same int8 model must give the same faces on every CPU, or the parity gate and the leak tests speak for
+    # one machine only. The int8 YuNet holds int8 convolution weights (onnxruntime's quantizer writes them so),
+    # and x86 CPUs without VNNI multiply uint8 by int8 with an instruction that saturates 16-bit sums: on a
+    # 2-core AMD EPYC (AVX2) the shipped model found 252 faces at 0.25 on the gate's held-aside images, failed
+    # the gate (98.4% of its faces confirmed by fp32) and left a dark face of the press clip unmasked, where an
+    # AVX-512 VNNI Xeon and ARM find 255. This option makes onnxruntime turn such weights into uint8 at load on
+    # x86 and take its exact uint8 x uint8 path (255 faces, the gate passes). It does nothing on ARM or for
+    # fp32 models; on x86 (AVX2, VNNI or not) int8 gets slower, where `precision = "auto"` keeps fp32 anyway.
+    "session.x64quantprecision": "1",
+}
+"""onnxruntime config entries of every session `open_session` opens; they decide which kernels run, so the
+precision verdict's key names them (`verdict.setup_key`) and the ARM parity runner sets the same."""
+
+
 def open_session(path: Any, threads: int, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
     """An onnxruntime session with `threads` intra-op threads (0 = onnxruntime's default)."""
     import onnxruntime as ort
@@ -44,18 +62,8 @@ def open_session(path: Any, threads: int, providers: Sequence[str] = ("CPUExecut
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    # No busy-waiting between operators: on a 2-core device capture, masking and encoding run beside the
-    # detector, and spinning intra-op threads steal the cores they need (worse latency under contention).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # The same int8 model must give the same faces on every CPU, or the parity gate and the leak tests speak for
-    # one machine only. The int8 YuNet holds int8 convolution weights (onnxruntime's quantizer writes them so),
-    # and x86 CPUs without VNNI multiply uint8 by int8 with an instruction that saturates 16-bit sums: on a
-    # 2-core AMD EPYC (AVX2) the shipped model found 252 faces at 0.25 on the gate's held-aside images, failed
-    # the gate (98.4% of its faces confirmed by fp32) and left a dark face of the press clip unmasked, where an
-    # AVX-512 VNNI Xeon and ARM find 255. This option makes onnxruntime turn such weights into uint8 at load on
-    # x86 and take its exact uint8 x uint8 path (255 faces, the gate passes). It does nothing on ARM or for
-    # fp32 models; on x86 (AVX2, VNNI or not) int8 gets slower, where `precision = "auto"` keeps fp32 anyway.
-    options.add_session_config_entry("session.x64quantprecision", "1")
+    for key, value in SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
     # Frames go in one at a time: a batch of 1 fixed up front lets onnxruntime plan shapes it would otherwise
     # leave symbolic (YuNet's dynamic input is batch x 3 x height x width): about 4% off each inference.
     options.add_free_dimension_override_by_name("batch", 1)

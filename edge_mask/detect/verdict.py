@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_mask.detect.models import sha256_file
+from edge_mask.detect.runtime import SESSION_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,13 @@ def cpu_name() -> str:
 
 def setup_key(int8_path: Path, fp32_path: Path, threads: int, providers: Sequence[str]) -> str:
     """One hash of everything that decides which kernels run: models, runtime, CPU, threads, providers, and
-    the exact int8 path on x86 (`runtime.open_session`: verdicts and timings saved before it are measured
-    again)."""
+    the sessions' config entries (`runtime.SESSION_CONFIG`: a verdict saved under other settings, such as
+    before the exact int8 path on x86, is measured again)."""
     import onnxruntime
 
+    settings = ",".join(f"{key}={value}" for key, value in sorted(SESSION_CONFIG.items()))
     parts = [sha256_file(int8_path), sha256_file(fp32_path), onnxruntime.__version__, cpu_name(),
-             str(os.cpu_count()), str(threads), ",".join(providers), "x64quantprecision=1"]
+             str(os.cpu_count()), str(threads), ",".join(providers), settings]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 

@@ -6,11 +6,12 @@ nothing else (no OpenCV, no edge_mask) and is copied there and run as a plain sc
 `run_models` from here, so both sides run the same code on the same bytes and only the CPU kernels differ.
 
 Why the session options are spelled out: they mirror `edge_mask.detect.runtime.open_session` (full graph
-optimisation, sequential execution, no spinning), so the kernels exercised are the ones the product's
-detector uses. Feature detection: in a bare chroot onnxruntime's cpuinfo library cannot read /sys and falls
-back to the auxiliary vector (HWCAP), which qemu fills from the emulated CPU (`QEMU_CPU`): that is how one
-run takes the plain NEON int8 kernels (cortex-a72, Raspberry Pi 4), another the dot-product ones
-(cortex-a76, Raspberry Pi 5) and another the i8mm ones (`max`). `cpu_features` records which it was.
+optimisation, sequential execution, the config entries of `runtime.SESSION_CONFIG`, a batch of one; a test
+holds the entries equal), so the kernels exercised are the ones the product's detector uses. Feature
+detection: in a bare chroot onnxruntime's cpuinfo library cannot read /sys and falls back to the auxiliary
+vector (HWCAP), which qemu fills from the emulated CPU (`QEMU_CPU`): that is how one run takes the plain
+NEON int8 kernels (cortex-a72, Raspberry Pi 4), another the dot-product ones (cortex-a76, Raspberry Pi 5)
+and another the i8mm ones (`max`). `cpu_features` records which it was.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def open_model(path: Path, threads: int) -> Any:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.x64quantprecision", "1")  # the exact int8 path on x86, as the product
+    options.add_session_config_entry("session.x64quantprecision", "1")  # the exact int8 path on x86
     options.add_free_dimension_override_by_name("batch", 1)
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
